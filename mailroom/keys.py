@@ -1,0 +1,192 @@
+"""Reply keys: which application conversation an incoming message belongs to.
+
+Pure, no I/O. The rules follow GitLab (``lib/gitlab/email/receiver.rb`` and
+``lib/gitlab/incoming_email.rb``):
+
+* The application sends mail from an address template such as ``incoming+%{key}@example.com``.
+  The template is taken literally (``.`` and ``+`` are not regex operators); ``%{key}`` stands for one or
+  more characters other than ``@`` in the local part. The whole address must match; the domain is compared
+  case-insensitively, the local part case-sensitively.
+* Candidates come from the address headers in :data:`KEY_HEADERS` order, every address of every occurrence
+  in message order; for ``Received`` only the ``for <addr>`` clause counts. The first match wins.
+* Failing that, the message ids in ``References`` then ``In-Reply-To`` are tried: the application sets its
+  own Message-ID to ``reply-KEY@host`` (:func:`reply_message_id`), and a reply quotes it back. Unlike GitLab,
+  any host is accepted, because this library does not know the application's host name.
+
+Everything here is linear in the size of its input: GitLab once had a ReDoS in its ``Received`` regex, and
+this code runs on every message in the IMAP watcher.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from email.utils import getaddresses
+
+__all__ = [
+    "KEY_HEADERS",
+    "REFERENCE_HEADERS",
+    "AddressTemplate",
+    "ReplyKey",
+    "find_reply_key",
+    "reply_message_id",
+]
+
+KEY_PLACEHOLDER = "%{key}"
+
+KEY_HEADERS: tuple[str, ...] = (
+    "To",
+    "Delivered-To",
+    "X-Delivered-To",
+    "Envelope-To",
+    "X-Envelope-To",
+    "X-Original-To",
+    "X-Forwarded-To",
+    "Received",
+    "Cc",
+)
+REFERENCE_HEADERS: tuple[str, ...] = ("References", "In-Reply-To")
+
+# email.utils.getaddresses is quadratic-ish on some inputs and recurses on nested comments, so only
+# the start of a hostile header is handed to it. 64 KiB holds well over a thousand real recipients.
+MAX_ADDRESS_HEADER_CHARS = 64 * 1024
+
+# Both patterns are linear: one character class each, no nested or adjacent overlapping repeats.
+_MESSAGE_ID = re.compile(r"<([^<>]*)>")
+_REPLY_ID = re.compile(r"reply-([^@]+)@[^@]+")
+
+
+@dataclass(frozen=True)
+class AddressTemplate:
+    """An address with one ``%{key}`` placeholder in its local part, e.g. ``incoming+%{key}@example.com``."""
+
+    template: str
+    _prefix: str = field(init=False, repr=False, compare=False)
+    _suffix: str = field(init=False, repr=False, compare=False)
+    _domain: str = field(init=False, repr=False, compare=False)
+    _local: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        template = self.template
+        count = template.count(KEY_PLACEHOLDER)
+        if count != 1:
+            raise ValueError(
+                f"address template {template!r} must contain {KEY_PLACEHOLDER} exactly once (found {count})"
+            )
+        local, at, domain = template.rpartition("@")
+        if not at or not domain:
+            raise ValueError(f"address template {template!r} must be an address: local-part@domain")
+        if KEY_PLACEHOLDER not in local:
+            raise ValueError(f"address template {template!r}: {KEY_PLACEHOLDER} must be in the local part")
+        if any(ch.isspace() for ch in template):
+            raise ValueError(f"address template {template!r} must not contain whitespace")
+        prefix, _, suffix = local.partition(KEY_PLACEHOLDER)
+        # Set derived fields on a frozen instance: computed once, never changed afterwards.
+        object.__setattr__(self, "_prefix", prefix)
+        object.__setattr__(self, "_suffix", suffix)
+        object.__setattr__(self, "_domain", domain.lower())
+        pattern = re.compile(re.escape(prefix) + "([^@]+)" + re.escape(suffix))
+        object.__setattr__(self, "_local", pattern)
+
+    @classmethod
+    def parse(cls, template: str) -> AddressTemplate:
+        """Validate ``template``; :class:`ValueError` names what is wrong with it."""
+        if not isinstance(template, str):
+            raise ValueError(f"address template must be a string, not {type(template).__name__}")
+        return cls(template.strip())
+
+    def key_from_address(self, address: str) -> str | None:
+        """The key in ``address`` if it matches the template, else ``None``."""
+        address = address.strip()
+        if address.startswith("<") and address.endswith(">"):
+            address = address[1:-1].strip()
+        local, at, domain = address.rpartition("@")
+        if not at or domain.lower() != self._domain:
+            return None
+        match = self._local.fullmatch(local)
+        return match.group(1) if match else None
+
+    def fill(self, key: str) -> str:
+        """The address for ``key``: the template with ``%{key}`` replaced."""
+        return self.template.replace(KEY_PLACEHOLDER, key)
+
+
+@dataclass(frozen=True)
+class ReplyKey:
+    key: str
+    header: str  # canonical case, as spelled in KEY_HEADERS / REFERENCE_HEADERS
+
+
+def reply_message_id(key: str, host: str) -> str:
+    """The Message-ID (without angle brackets) the application sets so replies carry the key back."""
+    return f"reply-{key}@{host}"
+
+
+def find_reply_key(headers: Sequence[tuple[str, str]], template: AddressTemplate) -> ReplyKey | None:
+    """The first reply key in ``headers`` by GitLab's header order, and the header it came from.
+
+    ``headers`` are (name, value) pairs in message order; names in any case, values as str (unfolded or
+    not; RFC 2047 decoding is optional, since addr-specs and message ids are never encoded words).
+    """
+    by_name: dict[str, list[str]] = {}
+    for name, value in headers:
+        by_name.setdefault(name.strip().lower(), []).append(value)
+
+    for header in KEY_HEADERS:
+        for value in by_name.get(header.lower(), ()):
+            candidates = received_for(value) if header == "Received" else addresses(value)
+            for candidate in candidates:
+                key = template.key_from_address(candidate)
+                if key:
+                    return ReplyKey(key, header)
+
+    for header in REFERENCE_HEADERS:
+        for value in by_name.get(header.lower(), ()):
+            for message_id in message_ids(value):
+                match = _REPLY_ID.fullmatch(message_id)
+                if match:
+                    return ReplyKey(match.group(1), header)
+    return None
+
+
+def addresses(value: str) -> list[str]:
+    """The bare addr-specs in one address header value; never raises, bounded work on hostile input."""
+    if "@" not in value:
+        return []
+    try:
+        pairs = getaddresses([value[:MAX_ADDRESS_HEADER_CHARS]])
+    except (RecursionError, ValueError, IndexError, TypeError):
+        return []
+    return [addr for _, addr in pairs if addr]
+
+
+def received_for(value: str) -> Iterator[str]:
+    """Addresses in the ``for <addr>`` / ``for addr`` clauses of a Received header value.
+
+    Plain token scanning instead of GitLab's ``for\\s+<([^<]+)>``: linear on any input.
+    """
+    tokens = value.split()
+    for i, token in enumerate(tokens):
+        lowered = token.lower()
+        if lowered == "for" and i + 1 < len(tokens):
+            candidate = tokens[i + 1]
+        elif lowered.startswith("for<"):
+            candidate = token[3:]
+        else:
+            continue
+        candidate = candidate.strip(";,").strip("<>")
+        if "@" in candidate:
+            yield candidate
+
+
+def message_ids(value: str) -> list[str]:
+    """Message ids in a References / In-Reply-To value.
+
+    Ids are the text between ``<`` and ``>``, so Exchange's and iOS's comma-joined lists work. A value
+    with no brackets at all (some broken clients) is split on whitespace and commas instead.
+    """
+    ids = [m.strip() for m in _MESSAGE_ID.findall(value)]
+    if not ids and "<" not in value:
+        ids = re.split(r"[\s,]+", value)
+    return [i for i in ids if i]
