@@ -1,0 +1,395 @@
+"""Raw message bytes -> parsed facts. Pure, no I/O, never raises.
+
+Two entry points, two libraries, on purpose:
+
+* :func:`parse_message` runs in the IMAP watcher for every message, so it reads the header block only
+  (split at the first blank line, capped at :data:`MAX_HEADER_BYTES`) with the stdlib
+  ``email.parser.BytesHeaderParser`` and the lenient ``compat32`` policy. ``policy.default`` builds rich
+  header objects that can raise on hostile input when accessed and cost more; here the raw values are taken
+  and decoded by this module (8-bit bytes as UTF-8 else Latin-1, RFC 2047 encoded words with a linear-time
+  pattern, unknown charsets replaced instead of raised). A 25 MiB body is never looked at.
+* :func:`parse_body` runs in workers that need the text, HTML and attachments. It uses mail-parser
+  (``mailparser.parse_from_bytes``), which already handles the messy MIME of real mail (charsets, nested
+  alternatives, inline parts); if mail-parser raises, it falls back to a stdlib ``compat32`` walk of the
+  MIME tree. mail-parser has no type stubs, so its ``Any`` stops in :func:`_body_with_mailparser`.
+
+Problems are data: :attr:`ParsedMessage.parse_error` and :attr:`MessageBody.parse_error` hold a one-line
+description, and every field that could still be read is filled in.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from email import policy
+from email.message import Message
+from email.parser import BytesHeaderParser, BytesParser
+from email.utils import getaddresses, parsedate_to_datetime
+from typing import Any, TypeVar
+
+import mailparser
+
+from mailroom.keys import AddressTemplate, find_reply_key, message_ids
+
+__all__ = [
+    "MAX_HEADER_BYTES",
+    "Attachment",
+    "MessageBody",
+    "ParsedMessage",
+    "parse_body",
+    "parse_message",
+]
+
+# Real header blocks are a few KiB; anything past this is hostile or broken and is not parsed.
+MAX_HEADER_BYTES = 2 * 1024 * 1024
+# email.utils.getaddresses is slow and recursive on hostile input (see keys.MAX_ADDRESS_HEADER_CHARS).
+MAX_ADDRESS_CHARS = 64 * 1024
+MAX_SUBJECT_CHARS = 16 * 1024
+MAX_ERROR_CHARS = 500
+
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+# Linear: every repeat is a character class that excludes the delimiter after it.
+_ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
+_REPORT_TYPE = re.compile(r"report-type\s*=\s*\"?([A-Za-z0-9._-]+)", re.IGNORECASE)
+
+AUTO_PRECEDENCE = frozenset({"bulk", "junk", "auto_reply"})
+DAEMON_SENDERS = frozenset({"mailer-daemon", "postmaster"})
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ParsedMessage:
+    message_id: str | None  # without angle brackets
+    from_address: str | None  # bare addr-spec of the first From
+    to: tuple[str, ...]
+    cc: tuple[str, ...]
+    subject: str | None  # RFC 2047-decoded
+    date: str | None  # ISO 8601 if parseable
+    in_reply_to: str | None
+    key: str | None
+    key_header: str | None
+    auto_reply: bool
+    bounce: bool
+    parse_error: str | None  # one line; None when clean
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready; ``from_address`` is spelled ``from``."""
+        return {
+            "message_id": self.message_id,
+            "from": self.from_address,
+            "to": list(self.to),
+            "cc": list(self.cc),
+            "subject": self.subject,
+            "date": self.date,
+            "in_reply_to": self.in_reply_to,
+            "key": self.key,
+            "key_header": self.key_header,
+            "auto_reply": self.auto_reply,
+            "bounce": self.bounce,
+            "parse_error": self.parse_error,
+        }
+
+
+@dataclass(frozen=True)
+class Attachment:
+    filename: str | None
+    content_type: str
+    size: int  # decoded bytes
+
+
+@dataclass(frozen=True)
+class MessageBody:
+    text: str | None
+    html: str | None
+    attachments: tuple[Attachment, ...]
+    parse_error: str | None = None  # one line; None when mail-parser read the message cleanly
+
+
+# --------------------------------------------------------------------------------------------------------
+# Headers: the watcher's hot path
+
+
+def parse_message(raw: bytes, template: AddressTemplate) -> ParsedMessage:
+    """Parse the header block of ``raw``. Never raises; problems go to ``parse_error``."""
+    problems: list[str] = []
+    no_headers: list[tuple[str, str]] = []
+    headers = _attempt(problems, lambda: _read_headers(raw, problems), no_headers)
+    first: dict[str, str] = {}
+    for name, value in headers:
+        first.setdefault(name.lower(), value)
+
+    reply_key = _attempt(problems, lambda: find_reply_key(headers, template), None)
+    from_address = _attempt(problems, lambda: _first(_addresses(first.get("from", ""))), None)
+    auto_reply, bounce = _attempt(problems, lambda: _flags(first, from_address), (False, False))
+
+    def decoded_subject() -> str | None:
+        if "subject" not in first:
+            return None
+        subject = first["subject"]
+        if len(subject) > MAX_SUBJECT_CHARS:
+            problems.append(f"Subject longer than {MAX_SUBJECT_CHARS} characters, truncated")
+            subject = subject[:MAX_SUBJECT_CHARS]
+        return decode_words(subject, problems)
+
+    return ParsedMessage(
+        message_id=_attempt(problems, lambda: _first(message_ids(first.get("message-id", ""))), None),
+        from_address=from_address,
+        to=_attempt(problems, lambda: _all_addresses(headers, "to"), ()),
+        cc=_attempt(problems, lambda: _all_addresses(headers, "cc"), ()),
+        subject=_attempt(problems, decoded_subject, None),
+        date=_attempt(problems, lambda: _iso_date(first.get("date")), None),
+        in_reply_to=_attempt(problems, lambda: _first(message_ids(first.get("in-reply-to", ""))), None),
+        key=reply_key.key if reply_key else None,
+        key_header=reply_key.header if reply_key else None,
+        auto_reply=auto_reply,
+        bounce=bounce,
+        parse_error=_one_line(problems),
+    )
+
+
+def _read_headers(raw: bytes, problems: list[str]) -> list[tuple[str, str]]:
+    """(name, value) pairs in message order: values unfolded, 8-bit decoded, not RFC 2047-decoded."""
+    if not raw:
+        problems.append("empty message")
+        return []
+    window = raw[: MAX_HEADER_BYTES + 4]
+    end = _HEADER_END.search(window)
+    if end is not None:
+        block = raw[: end.start()]
+    else:
+        block = window[:MAX_HEADER_BYTES]
+        if len(raw) > MAX_HEADER_BYTES:
+            problems.append(f"header block larger than {MAX_HEADER_BYTES} bytes; the rest was not read")
+        elif not raw.endswith(b"\n"):
+            problems.append("no blank line after the headers and no final newline (truncated message?)")
+    message = BytesHeaderParser(policy=policy.compat32).parsebytes(block)
+    if message.defects:
+        problems.append("header defects: " + ", ".join(sorted({type(d).__name__ for d in message.defects})))
+    leftover = message.get_payload()
+    if isinstance(leftover, str) and leftover.strip():
+        # The parser stopped at a line that is not a header; everything after it is lost to us.
+        problems.append("header block contains a line that is not a header; later headers ignored")
+    return [(name, _header_text(value, problems)) for name, value in message.raw_items()]
+
+
+def _header_text(value: Any, problems: list[str]) -> str:
+    text = str(value)
+    try:
+        text.encode("ascii")
+    except UnicodeEncodeError:
+        # compat32 keeps 8-bit header bytes as surrogate escapes; RFC 6532 says UTF-8, old mailers Latin-1.
+        data = text.encode("ascii", "surrogateescape")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            problems.append("8-bit header is not UTF-8, read as Latin-1")
+            text = data.decode("latin-1")
+    return _FOLD.sub("", text).strip()
+
+
+def decode_words(value: str, problems: list[str]) -> str:
+    """Decode RFC 2047 encoded words; whitespace between adjacent words is dropped, as the RFC says."""
+    if "=?" not in value:
+        return value
+    out: list[str] = []
+    pos = 0
+    after_word = False
+    for match in _ENCODED_WORD.finditer(value):
+        gap = value[pos : match.start()]
+        if not (after_word and gap.isspace()):
+            out.append(gap)
+        out.append(_decode_word(match, problems))
+        pos = match.end()
+        after_word = True
+    out.append(value[pos:])
+    return "".join(out)
+
+
+def _decode_word(match: re.Match[str], problems: list[str]) -> str:
+    charset = match.group(1).split("*", 1)[0]  # RFC 2231 language suffix: =?utf-8*en?...
+    encoding, encoded = match.group(2).lower(), match.group(3)
+    try:
+        if encoding == "b":
+            data = base64.b64decode(encoded + "=" * (-len(encoded) % 4))
+        else:
+            data = binascii.a2b_qp(encoded.encode("utf-8"), header=True)
+    except (binascii.Error, ValueError):
+        problems.append(f"bad encoded word {match.group(0)[:60]!r}")
+        return match.group(0)
+    try:
+        return data.decode(charset, "replace")
+    except (LookupError, ValueError):
+        # Unknown charset, or a codec that is not a text encoding (base64, rot13, idna with "replace").
+        problems.append(f"unknown charset {charset[:40]!r} in encoded word, read as UTF-8")
+        return data.decode("utf-8", "replace")
+
+
+def _addresses(value: str) -> list[str]:
+    if not value:
+        return []
+    try:
+        pairs = getaddresses([value[:MAX_ADDRESS_CHARS]])
+    except (RecursionError, ValueError, IndexError, TypeError):
+        return []
+    return [addr for _, addr in pairs if addr]
+
+
+def _all_addresses(headers: list[tuple[str, str]], name: str) -> tuple[str, ...]:
+    found: list[str] = []
+    for header, value in headers:
+        if header.lower() == name:
+            found.extend(_addresses(value))
+    return tuple(found)
+
+
+def _iso_date(value: str | None) -> str | None:
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value).isoformat()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def _flags(first: dict[str, str], from_address: str | None) -> tuple[bool, bool]:
+    """(auto_reply, bounce) by the rules GitLab and Discourse use to refuse machine mail."""
+    auto_submitted = first.get("auto-submitted")
+    precedence = first.get("precedence", "").strip().lower()
+    content_type = first.get("content-type", "")
+    is_report = content_type.split(";", 1)[0].strip().lower() == "multipart/report"
+    report_type = _REPORT_TYPE.search(content_type[:4096]) if is_report else None
+    sender = (from_address or "").rpartition("@")
+    sender_local = (sender[0] if sender[1] else sender[2]).lower()
+
+    bounce = sender_local in DAEMON_SENDERS or bool(
+        report_type and report_type.group(1).lower() == "delivery-status"
+    )
+    auto_reply = (
+        bounce
+        or (auto_submitted is not None and auto_submitted.split(";", 1)[0].strip().lower() != "no")
+        or first.get("x-autoreply", "").strip().lower() == "yes"
+        or "x-autorespond" in first
+        or precedence in AUTO_PRECEDENCE
+    )
+    return auto_reply, bounce
+
+
+# --------------------------------------------------------------------------------------------------------
+# Bodies: workers
+
+
+def parse_body(raw: bytes) -> MessageBody:
+    """Text, HTML and attachment list of ``raw``. Never raises."""
+    try:
+        return _body_with_mailparser(raw)
+    except Exception as exc:  # noqa: BLE001 - mail-parser raises anything on hostile MIME; the stdlib is next
+        first_error = _describe(exc)
+    try:
+        body = _body_with_stdlib(raw)
+    except Exception as exc:  # noqa: BLE001 - a parse failure is data, never an escaping exception
+        return MessageBody(
+            None, None, (), _one_line([f"mail-parser: {first_error}", f"stdlib: {_describe(exc)}"])
+        )
+    return MessageBody(body.text, body.html, body.attachments, _one_line([f"mail-parser: {first_error}"]))
+
+
+def _body_with_mailparser(raw: bytes) -> MessageBody:
+    mail: Any = mailparser.parse_from_bytes(raw)
+    attachments = tuple(
+        Attachment(
+            filename=str(item["filename"]) if item.get("filename") else None,
+            content_type=str(item.get("mail_content_type") or "application/octet-stream"),
+            size=_payload_size(item.get("payload"), bool(item.get("binary"))),
+        )
+        for item in mail.attachments
+    )
+    text = "\n".join(str(part) for part in mail.text_plain) or None
+    html = "\n".join(str(part) for part in mail.text_html) or None
+    return MessageBody(text, html, attachments)
+
+
+def _payload_size(payload: Any, binary: bool) -> int:
+    if payload is None:
+        return 0
+    if isinstance(payload, bytes):
+        return len(payload)
+    text = str(payload)
+    if binary:
+        try:
+            return len(base64.b64decode(text))
+        except (binascii.Error, ValueError):
+            pass
+    return len(text.encode("utf-8", "surrogateescape"))
+
+
+def _body_with_stdlib(raw: bytes) -> MessageBody:
+    root = BytesParser(policy=policy.compat32).parsebytes(raw)
+    texts: list[str] = []
+    htmls: list[str] = []
+    attachments: list[Attachment] = []
+    for part in _leaves(root):
+        content_type = part.get_content_type()
+        filename = part.get_filename()
+        disposition = str(part.get("Content-Disposition", "")).split(";", 1)[0].strip().lower()
+        data = part.get_payload(decode=True)
+        payload = data if isinstance(data, bytes) else b""
+        if filename or disposition == "attachment" or not content_type.startswith("text/"):
+            attachments.append(Attachment(filename or None, content_type, len(payload)))
+        elif content_type == "text/html":
+            htmls.append(_decode_text(payload, part.get_content_charset()))
+        else:
+            texts.append(_decode_text(payload, part.get_content_charset()))
+    return MessageBody("\n".join(texts) or None, "\n".join(htmls) or None, tuple(attachments))
+
+
+def _leaves(root: Message) -> Iterator[Message]:
+    """Non-multipart parts, depth first, without recursion (deeply nested MIME exists in the wild)."""
+    stack = [root]
+    while stack:
+        part = stack.pop()
+        payload = part.get_payload()
+        if part.is_multipart() and isinstance(payload, list):
+            stack.extend(p for p in reversed(payload) if isinstance(p, Message))
+        else:
+            yield part
+
+
+def _decode_text(data: bytes, charset: str | None) -> str:
+    try:
+        return data.decode(charset or "utf-8", "replace")
+    except (LookupError, ValueError):
+        return data.decode("utf-8", "replace")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _attempt(problems: list[str], step: Callable[[], T], default: T) -> T:
+    """Run one parsing step; a failure is recorded and the step's default used, so the rest still runs."""
+    try:
+        return step()
+    except Exception as exc:  # noqa: BLE001 - a parse failure is data, never an escaping exception
+        problems.append(_describe(exc))
+        return default
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _first(items: list[str]) -> str | None:
+    return items[0] if items else None
+
+
+def _one_line(problems: list[str]) -> str | None:
+    if not problems:
+        return None
+    unique = list(dict.fromkeys(problems))
+    text = "; ".join(" ".join(p.split()) for p in unique)
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
