@@ -106,7 +106,7 @@ class Dovecot:
         self.imaps_port: int | None = free_port() if tls is not None else None
         self.conf_path = self.workdir / "dovecot.conf"
         self.log_path = self.workdir / "dovecot.log"
-        self.passwd_path = self.workdir / "passwd"
+        self.passwd_dir = self.workdir / "passwd.d"
         self.mail_root = self.workdir / "mail"
         self.state_dir = self.workdir / "state"
         run_dir = self.workdir / "run"
@@ -136,16 +136,25 @@ class Dovecot:
         self.conf_path.write_text(self._config())
         self._prepared = True
 
-    def _write_passwd(self) -> None:
-        # Dovecot re-reads a passwd-file when its mtime/inode changes, so users can be added live.
-        lines = "".join(f"{name}:{{PLAIN}}{password}::::::\n" for name, password in self.users.items())
-        tmp = self.passwd_path.with_suffix(f".{uuid.uuid4().hex}.tmp")
-        tmp.write_text(lines)
+    def _write_passwd(self, only: str | None = None) -> None:
+        # One passwd-file per user (passdb path has %u): a user added while running is a file Dovecot
+        # has never opened, so there is no reload delay (a changed file is re-read only once a second).
+        self.passwd_dir.mkdir(exist_ok=True)
         if self._is_root:
             # read by the auth process, which runs as default_internal_user
-            os.chown(tmp, 0, grp.getgrnam(self.internal_user).gr_gid)
-        tmp.chmod(0o640)
-        tmp.replace(self.passwd_path)
+            os.chown(self.passwd_dir, 0, grp.getgrnam(self.internal_user).gr_gid)
+        self.passwd_dir.chmod(0o750)
+        for name, password in self.users.items():
+            if only is not None and name != only:
+                continue
+            if "/" in name or name.startswith("."):
+                raise ValueError(f"unsupported test username {name!r}")
+            tmp = self.passwd_dir / f".{name}.{uuid.uuid4().hex}.tmp"
+            tmp.write_text(f"{name}:{{PLAIN}}{password}::::::\n")
+            if self._is_root:
+                os.chown(tmp, 0, grp.getgrnam(self.internal_user).gr_gid)
+            tmp.chmod(0o640)
+            tmp.replace(self.passwd_dir / name)
 
     def _config(self) -> str:
         chroot = "login" if self._is_root else ""
@@ -168,7 +177,7 @@ auth_mechanisms = plain login
 login_trusted_networks =
 passdb {{
   driver = passwd-file
-  args = scheme=PLAIN username_format=%u {self.passwd_path}
+  args = scheme=PLAIN username_format=%u {self.passwd_dir}/%u
 }}
 userdb {{
   driver = static
@@ -220,10 +229,10 @@ service lmtp {{
     # ---- users and mail ----------------------------------------------------------------------------
 
     def add_user(self, username: str, password: str = "secret") -> ImapAccount:
-        """Add (or re-password) a user while running; Dovecot picks up the passwd-file change."""
+        """Add (or re-password) a user; a new user can log in at once, even while running."""
         self.users[username] = password
         if self._prepared:
-            self._write_passwd()
+            self._write_passwd(only=username)
         return self.account(username)
 
     def account(self, username: str, folder: str = "INBOX") -> ImapAccount:
