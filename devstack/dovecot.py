@@ -118,10 +118,11 @@ class Dovecot:
         self._prepared = False
         if self._is_root:
             self.mail_uid, self.mail_gid = _ensure_mail_user()
-            self.internal_user, self.login_user = "dovecot", "dovenull"
+            self.internal_user, self.internal_group, self.login_user = "dovecot", "dovecot", "dovenull"
         else:
             self.mail_uid, self.mail_gid = os.getuid(), os.getgid()
             self.internal_user = self.login_user = pwd.getpwuid(os.getuid()).pw_name
+            self.internal_group = grp.getgrgid(os.getgid()).gr_name
 
     # ---- files -------------------------------------------------------------------------------------
 
@@ -142,7 +143,7 @@ class Dovecot:
         self.passwd_dir.mkdir(exist_ok=True)
         if self._is_root:
             # read by the auth process, which runs as default_internal_user
-            os.chown(self.passwd_dir, 0, grp.getgrnam(self.internal_user).gr_gid)
+            os.chown(self.passwd_dir, 0, grp.getgrnam(self.internal_group).gr_gid)
         self.passwd_dir.chmod(0o750)
         for name, password in self.users.items():
             if only is not None and name != only:
@@ -152,7 +153,7 @@ class Dovecot:
             tmp = self.passwd_dir / f".{name}.{uuid.uuid4().hex}.tmp"
             tmp.write_text(f"{name}:{{PLAIN}}{password}::::::\n")
             if self._is_root:
-                os.chown(tmp, 0, grp.getgrnam(self.internal_user).gr_gid)
+                os.chown(tmp, 0, grp.getgrnam(self.internal_group).gr_gid)
             tmp.chmod(0o640)
             tmp.replace(self.passwd_dir / name)
 
@@ -189,6 +190,7 @@ mail_gid = {self.mail_gid}
 first_valid_uid = {self.mail_uid}
 first_valid_gid = {self.mail_gid}
 default_internal_user = {self.internal_user}
+default_internal_group = {self.internal_group}
 default_login_user = {self.login_user}
 mail_fsync = never
 
@@ -344,13 +346,14 @@ service lmtp {{
                 return
             time.sleep(0.05)
         proc = self._proc
+        exited = proc.poll() is not None
         self._signal_group(signal.SIGKILL)
         stderr = stderr_path.read_text(errors="replace").strip()
         log = self.log_path.read_text(errors="replace")[log_start:] if self.log_path.exists() else ""
         tail = "\n".join(log.splitlines()[-30:])
+        why = f"exited with code {proc.returncode}" if exited else f"did not greet within {START_TIMEOUT}s"
         raise DevstackError(
-            f"dovecot did not greet on 127.0.0.1:{self.port} within {START_TIMEOUT}s"
-            f" (exit code {proc.returncode}).\nstderr: {stderr}\nlog tail ({self.log_path}):\n{tail}"
+            f"dovecot on 127.0.0.1:{self.port} {why}.\nstderr: {stderr}\nlog tail ({self.log_path}):\n{tail}"
         )
 
     def _greets(self) -> bool:
