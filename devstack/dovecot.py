@@ -332,12 +332,12 @@ service lmtp {{
         log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         stderr_path = self.workdir / "dovecot.stderr"
         # a file, not a pipe: nobody drains a pipe while the server runs
-        with stderr_path.open("wb") as stderr:
+        with stderr_path.open("wb") as stderr_file:
             self._proc = subprocess.Popen(
                 [dovecot, "-F", "-c", str(self.conf_path)],
                 stdin=subprocess.DEVNULL,
-                stdout=stderr,
-                stderr=stderr,
+                stdout=stderr_file,
+                stderr=stderr_file,
                 start_new_session=True,  # one process group: kill() reaches every child
             )
         deadline = time.monotonic() + START_TIMEOUT

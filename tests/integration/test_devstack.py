@@ -5,6 +5,7 @@ from __future__ import annotations
 import ssl
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import redis
@@ -158,7 +159,7 @@ def test_deliver_files_visible_over_imap(imap_account: ImapAccount, dovecot: Dov
     assert envelope.message_id.startswith(b"<msg-")
 
 
-def test_imaps_listener(make_dovecot: Callable[..., Dovecot], tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_imaps_listener(make_dovecot: Callable[..., Dovecot], tmp_path: Path) -> None:
     trustme = pytest.importorskip("trustme")
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1", "localhost")
