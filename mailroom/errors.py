@@ -1,0 +1,37 @@
+"""The exceptions mailroom raises at its boundaries.
+
+    MailroomError
+    ├── ConfigError        bad configuration: the CLI prints each problem and exits 2
+    ├── ImapError          the IMAP server or the connection to it failed (the watcher reconnects)
+    │   └── ImapAuthError  the server refused our credentials (retried with a capped backoff)
+    └── EnqueueError       Redis did not acknowledge a job (the batch stays unmarked and is retried)
+
+Third-party exceptions are translated where they enter (``raise ... from``), so the rest of the code
+only ever catches these.
+"""
+
+from __future__ import annotations
+
+
+class MailroomError(Exception):
+    """Base class of every error mailroom raises on purpose."""
+
+
+class ConfigError(MailroomError):
+    """The configuration is invalid; ``problems`` holds one line per problem, naming the field."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+class ImapError(MailroomError):
+    """The IMAP connection failed or the server answered with an error."""
+
+
+class ImapAuthError(ImapError):
+    """The IMAP server refused the login."""
+
+
+class EnqueueError(MailroomError):
+    """Redis did not acknowledge the enqueue of a batch."""

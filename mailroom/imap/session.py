@@ -1,0 +1,326 @@
+"""One IMAP session: the only module that imports imapclient.
+
+A thin layer over the protocol that speaks in UIDs and translates every imapclient, imaplib, socket and
+TLS exception into ImapError (ImapAuthError for a refused login), so the watcher above it reasons about
+one kind of failure.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import select
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from imapclient import IMAPClient
+from imapclient.exceptions import LoginError
+from imapclient.util import to_bytes
+
+from mailroom.config import AfterDeliveryAction, MailboxConfig, Security
+from mailroom.errors import ImapAuthError, ImapError
+
+SEEN = b"\\Seen"
+DELETED = b"\\Deleted"
+# Untagged responses that mean "the mailbox changed, look again".
+_ACTIVITY = frozenset({b"EXISTS", b"RECENT"})
+
+
+@dataclass(frozen=True)
+class FolderState:
+    uidvalidity: int
+    uidnext: int | None
+    exists: int
+
+
+@dataclass(frozen=True)
+class FetchedMessage:
+    """A message as the server holds it. ``raw`` is the whole message, or only its header when
+    ``truncated`` (the message is larger than the configured maximum)."""
+
+    uidvalidity: int
+    uid: int
+    raw: bytes
+    size: int
+    internaldate: datetime | None
+    truncated: bool = False
+
+
+@contextmanager
+def _translated(action: str) -> Iterator[None]:
+    try:
+        yield
+    except LoginError as exc:
+        raise ImapAuthError(f"login refused: {_one_line(exc)}") from exc
+    except (imaplib.IMAP4.error, OSError, ValueError) as exc:
+        # imaplib.IMAP4.error covers imapclient's errors and aborts; OSError covers socket, timeout and TLS.
+        raise ImapError(f"{action} failed: {type(exc).__name__}: {_one_line(exc)}") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+def tls_context(config: MailboxConfig) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
+    if not config.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class ImapSession:
+    """A logged-in connection with one folder selected."""
+
+    def __init__(self, config: MailboxConfig, client: IMAPClient, state: FolderState) -> None:
+        self.config = config
+        self._client = client
+        self.state = state
+        self.capabilities = frozenset(client.capabilities())
+
+    @classmethod
+    def open(cls, config: MailboxConfig, password: Callable[[], str] | None = None) -> ImapSession:
+        """Connect, secure, log in and select the folder (read-write)."""
+        with _translated(f"connect to {config.host}:{config.effective_port}"):
+            client = IMAPClient(
+                config.host,
+                port=config.effective_port,
+                ssl=config.security is Security.TLS,
+                ssl_context=tls_context(config) if config.security is Security.TLS else None,
+                timeout=config.timeout,
+            )
+        try:
+            _enable_tcp_keepalive(client.socket())
+            if config.security is Security.STARTTLS:
+                with _translated("STARTTLS"):
+                    client.starttls(tls_context(config))
+            with _translated("login"):
+                client.login(config.username, (password or config.read_password)())
+            with _translated(f"select {config.folder}"):
+                selected = client.select_folder(config.folder)
+            state = FolderState(
+                uidvalidity=int(selected[b"UIDVALIDITY"]),
+                uidnext=int(selected[b"UIDNEXT"]) if b"UIDNEXT" in selected else None,
+                exists=int(selected[b"EXISTS"]),
+            )
+            return cls(config, client, state)
+        except BaseException:
+            _shutdown_quietly(client)
+            raise
+
+    @property
+    def has_idle(self) -> bool:
+        return b"IDLE" in self.capabilities
+
+    # -- finding and fetching ------------------------------------------------------------------------
+
+    def pending_uids(self) -> list[int]:
+        """UIDs of the messages not yet done, by a server-side SEARCH.
+
+        With after_delivery: seen, done means \\Seen; with delete or move, done messages leave the
+        folder, so every message still in it (and not flagged \\Deleted) is pending.
+        """
+        action, _ = self.config.after_delivery_action
+        criteria = ["UNSEEN", "UNDELETED"] if action is AfterDeliveryAction.SEEN else ["UNDELETED"]
+        self._forget_activity()
+        with _translated("UID SEARCH"):
+            return sorted(int(uid) for uid in self._client.search(criteria))
+
+    def saw_activity(self) -> bool:
+        """True if a command's response announced new mail (EXISTS/RECENT) since the last SEARCH.
+
+        Closes the lost wake-up gap: a message that arrives while we SEARCH or STORE is announced in that
+        command's untagged responses, not in the next IDLE.
+        """
+        untagged = self._client._imap.untagged_responses
+        return any(name.encode() in _ACTIVITY for name in untagged)
+
+    def _forget_activity(self) -> None:
+        untagged = self._client._imap.untagged_responses
+        for name in ("EXISTS", "RECENT"):
+            untagged.pop(name, None)
+
+    def fetch(
+        self, uids: Sequence[int], max_size: int, max_batch_bytes: int
+    ) -> Iterator[list[FetchedMessage]]:
+        """Yield the messages in chunks of at most ``max_batch_bytes`` (at least one message each).
+
+        Sizes come first (one cheap FETCH), so a message over ``max_size`` is never downloaded whole:
+        only its header is, and it is yielded with ``truncated=True``.
+        """
+        if not uids:
+            return
+        with _translated("UID FETCH RFC822.SIZE"):
+            meta = self._client.fetch(list(uids), ["RFC822.SIZE", "INTERNALDATE"])
+        chunk: list[int] = []
+        chunk_bytes = 0
+        for uid in uids:
+            if uid not in meta:
+                continue  # expunged meanwhile by someone else
+            size = int(meta[uid].get(b"RFC822.SIZE", 0))
+            if size > max_size:
+                yield [self._fetch_header(uid, size, meta[uid].get(b"INTERNALDATE"))]
+                continue
+            if chunk and chunk_bytes + size > max_batch_bytes:
+                yield self._fetch_bodies(chunk, meta)
+                chunk, chunk_bytes = [], 0
+            chunk.append(uid)
+            chunk_bytes += size
+        if chunk:
+            yield self._fetch_bodies(chunk, meta)
+
+    def _fetch_bodies(self, uids: list[int], meta: dict[int, dict[bytes, Any]]) -> list[FetchedMessage]:
+        with _translated("UID FETCH BODY.PEEK[]"):
+            data = self._client.fetch(uids, ["BODY.PEEK[]"])
+        messages = []
+        for uid in uids:
+            if uid not in data or b"BODY[]" not in data[uid]:
+                continue
+            raw = data[uid][b"BODY[]"]
+            messages.append(
+                FetchedMessage(
+                    uidvalidity=self.state.uidvalidity,
+                    uid=uid,
+                    raw=raw,
+                    size=len(raw),
+                    internaldate=meta[uid].get(b"INTERNALDATE"),
+                )
+            )
+        return messages
+
+    def _fetch_header(self, uid: int, size: int, internaldate: datetime | None) -> FetchedMessage:
+        with _translated("UID FETCH BODY.PEEK[HEADER]"):
+            data = self._client.fetch([uid], ["BODY.PEEK[HEADER]"])
+        header = data.get(uid, {}).get(b"BODY[HEADER]", b"")
+        return FetchedMessage(self.state.uidvalidity, uid, header, size, internaldate, truncated=True)
+
+    # -- marking -------------------------------------------------------------------------------------
+
+    def mark_done(self, uids: Sequence[int]) -> None:
+        """Apply after_delivery to the whole set in one command (two or three for delete and move)."""
+        if not uids:
+            return
+        action, folder = self.config.after_delivery_action
+        uid_list = list(uids)
+        with _translated(f"mark {action.value}"):
+            if action is AfterDeliveryAction.SEEN:
+                self._client.add_flags(uid_list, [SEEN], silent=True)
+            elif action is AfterDeliveryAction.MOVE and b"MOVE" in self.capabilities:
+                self._client.move(uid_list, folder)
+            else:
+                if action is AfterDeliveryAction.MOVE:
+                    self._client.copy(uid_list, folder)
+                self._client.add_flags(uid_list, [SEEN, DELETED], silent=True)
+                if b"UIDPLUS" in self.capabilities:
+                    self._client.uid_expunge(uid_list)
+                else:
+                    self._client.expunge()
+
+    # -- waiting -------------------------------------------------------------------------------------
+
+    def idle(self, seconds: float, should_stop: Callable[[], bool], done_timeout: float) -> bool:
+        """IDLE for up to ``seconds``; True as soon as the server announces new mail.
+
+        Waits in slices of one second so a stop request is noticed quickly. Ending the IDLE (DONE) must
+        be answered within ``done_timeout``: that round trip is what proves a quiet connection alive.
+        """
+        deadline = time.monotonic() + seconds
+        woke = False
+        with _translated("IDLE"):
+            self._client.idle()
+            try:
+                while not woke and not should_stop():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    line = self._next_line(min(1.0, remaining))
+                    if line is None:
+                        continue
+                    if line.startswith(b"* BYE"):
+                        raise ImapError(f"server ended the session during IDLE: {line[:200]!r}")
+                    woke = _announces_mail(line)
+            finally:
+                sock = self._client.socket()
+                sock.settimeout(done_timeout)
+                try:
+                    _, responses = self._client.idle_done()
+                finally:
+                    sock.settimeout(self.config.timeout)
+        return woke or any(_is_activity(r) for r in responses)
+
+    def _next_line(self, timeout: float) -> bytes | None:
+        """The next line the server sends during IDLE, or None after ``timeout`` seconds of silence.
+
+        imapclient's idle_check() polls the socket only, so it misses a line already sitting in
+        imaplib's read buffer (it arrived in the same segment as the IDLE continuation) and spins on a
+        closed socket; reading here closes both gaps. EOF raises imaplib's abort error.
+        """
+        imap = self._client._imap
+        sock = self._client.socket()
+        if not _input_buffered(sock, imap.file):
+            readable, _, _ = select.select([sock], [], [], timeout)
+            if not readable:
+                return None
+        line: bytes = imap._get_line()
+        return line
+
+    def noop(self) -> bool:
+        """NOOP; True if its responses announce new mail."""
+        with _translated("NOOP"):
+            _, responses = self._client.noop()
+        return any(_is_activity(r) for r in responses)
+
+    def logout(self) -> None:
+        with _translated("LOGOUT"):
+            self._client.logout()
+
+    def close(self) -> None:
+        """Log out if the server still answers; never raises."""
+        try:
+            self._client.socket().settimeout(2.0)
+            self._client.logout()
+        except (imaplib.IMAP4.error, OSError, ValueError):
+            _shutdown_quietly(self._client)
+
+
+def _announces_mail(line: bytes) -> bool:
+    parts = line.split(None, 3)
+    return len(parts) >= 3 and parts[0] == b"*" and parts[2].upper() in _ACTIVITY
+
+
+def _input_buffered(sock: socket.socket, file: Any) -> bool:
+    """True if bytes already read from the socket wait in the TLS layer or imaplib's buffer."""
+    if isinstance(sock, ssl.SSLSocket) and sock.pending() > 0:
+        return True
+    previous = sock.gettimeout()
+    sock.setblocking(False)
+    try:
+        return bool(file.peek(1))
+    except (BlockingIOError, ssl.SSLWantReadError):
+        return False
+    finally:
+        sock.settimeout(previous)
+
+
+def _is_activity(response: Any) -> bool:
+    return isinstance(response, tuple) and len(response) >= 2 and to_bytes(response[1]) in _ACTIVITY
+
+
+def _shutdown_quietly(client: IMAPClient) -> None:
+    try:
+        client.shutdown()
+    except (imaplib.IMAP4.error, OSError):
+        pass
+
+
+def _enable_tcp_keepalive(sock: socket.socket) -> None:
+    """Let the kernel notice a peer that vanished; the IDLE renewal covers a path that silently drops."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, option):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)

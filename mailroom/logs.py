@@ -1,0 +1,46 @@
+"""Structured logs: one JSON object per line on stdout (readable key=value on a terminal).
+
+Events are snake_case facts with the mailbox and message ids bound. Never a body, password or token:
+``redact`` drops any field whose name says it holds a secret, as a second line of defence.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+_SECRET_WORDS = ("password", "secret", "token", "authorization", "raw", "body")
+
+
+def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for name in list(event):
+        if any(word in name.lower() for word in _SECRET_WORDS):
+            event[name] = "[redacted]"
+    return event
+
+
+def configure(fmt: str = "auto", level: str = "info") -> None:
+    use_json = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
+    renderer: Any = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
+    numeric_level = getattr(logging, level.upper())
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+    # Library logs (RQ's worker lines) go through stdlib logging, to stderr, at our level.
+    logging.basicConfig(level=max(numeric_level, logging.INFO), stream=sys.stderr, format="%(message)s")
+    # imaplib's debug output can echo credentials: keep it off whatever the level.
+    logging.getLogger("imapclient").setLevel(logging.WARNING)

@@ -1,0 +1,121 @@
+"""The only job writer: Redis key names, the idempotent guarded enqueue, RQ with JSON.
+
+Idempotency: every message has a guard key derived from where it came from, (mailbox, UIDVALIDITY, UID)
+for IMAP. A batch is enqueued in one MULTI/EXEC transaction that WATCHes the guard keys: messages whose
+guard exists are already queued (a redelivery after a crash, or another replica won) and are skipped; the
+rest get their guard and their RQ job in the same transaction. So a guard never exists without its job,
+and a job is never written twice. A concurrent writer touching one of the guards aborts the transaction
+(WatchError) and the batch is re-evaluated.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis
+from redis.exceptions import RedisError, WatchError
+from rq import Queue, Retry
+from rq.serializers import JSONSerializer
+
+from mailroom.config import MailboxConfig, Settings
+from mailroom.errors import EnqueueError
+from mailroom.schema import JobPayload
+
+# The worker entry point, by dotted name: mailroom never imports workers.
+JOB_FUNCTION = "workers.jobs.handle_email"
+
+KEY_PREFIX = "mailroom:"
+GUARD_PREFIX = KEY_PREFIX + "guard:"
+
+_TRANSACTION_ATTEMPTS = 10
+_UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def connect(url: str) -> redis.Redis:
+    """A Redis client with timeouts, so an unreachable server is an error, not a hang."""
+    return redis.Redis.from_url(
+        url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30, retry_on_timeout=False
+    )
+
+
+def source_id(payload: JobPayload) -> str:
+    if payload.source == "imap":
+        return f"{payload.uidvalidity}:{payload.uid}"
+    return f"{payload.source}:{payload.uid}"
+
+
+def guard_key(payload: JobPayload) -> str:
+    return f"{GUARD_PREFIX}{payload.mailbox}:{source_id(payload)}"
+
+
+def job_id_for(payload: JobPayload) -> str:
+    """A deterministic, readable RQ job id: ``support-1712-42`` for IMAP UID 42 of UIDVALIDITY 1712."""
+    return _UNSAFE_ID_CHARS.sub("_", f"{payload.mailbox}-{source_id(payload).replace(':', '-')}")
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    payload: JobPayload
+    job_id: str
+    new: bool  # False: it was already queued before (a redelivery), nothing was written
+
+
+class MailQueue:
+    """Writes one RQ job per message, at most once per message."""
+
+    def __init__(self, connection: redis.Redis, settings: Settings) -> None:
+        self.connection = connection
+        self.settings = settings
+        self._queues: dict[str, Queue] = {}
+
+    def rq_queue(self, name: str) -> Queue:
+        if name not in self._queues:
+            self._queues[name] = Queue(name, connection=self.connection, serializer=JSONSerializer)
+        return self._queues[name]
+
+    def enqueue_batch(self, mailbox: MailboxConfig, payloads: Sequence[JobPayload]) -> list[Enqueued]:
+        """Enqueue every payload not yet queued, atomically with its guard. Raises EnqueueError."""
+        if not payloads:
+            return []
+        try:
+            for _ in range(_TRANSACTION_ATTEMPTS):
+                try:
+                    return self._enqueue_transaction(mailbox, payloads)
+                except WatchError:
+                    continue  # another replica claimed some of these meanwhile: look again
+        except RedisError as exc:
+            raise EnqueueError(f"Redis did not take the batch: {type(exc).__name__}: {exc}") from exc
+        raise EnqueueError(f"gave up after {_TRANSACTION_ATTEMPTS} conflicting transactions")
+
+    def _enqueue_transaction(self, mailbox: MailboxConfig, payloads: Sequence[JobPayload]) -> list[Enqueued]:
+        queue = self.rq_queue(mailbox.queue)
+        queue.get_redis_server_version()  # RQ caches it; fetch it outside the transaction
+        retry = Retry(max=len(mailbox.retries), interval=list(mailbox.retries)) if mailbox.retries else None
+        guards = [guard_key(p) for p in payloads]
+        results = []
+        with self.connection.pipeline() as pipe:
+            pipe.watch(*guards)  # type: ignore[no-untyped-call]
+            existing = pipe.mget(guards)
+            pipe.multi()
+            for payload, guard, claimed in zip(payloads, guards, existing, strict=True):
+                job_id = job_id_for(payload)
+                if claimed is not None:
+                    results.append(Enqueued(payload, job_id, new=False))
+                    continue
+                pipe.set(guard, job_id, ex=self.settings.guard_ttl)
+                queue.enqueue_call(
+                    JOB_FUNCTION,
+                    args=(payload.to_json(),),
+                    job_id=job_id,
+                    timeout=self.settings.job_timeout,
+                    result_ttl=self.settings.result_ttl,
+                    failure_ttl=self.settings.failure_ttl,
+                    retry=retry,
+                    description=f"email {payload.mailbox} {source_id(payload)} <{payload.message_id or ''}>",
+                    pipeline=pipe,
+                )
+                results.append(Enqueued(payload, job_id, new=True))
+            pipe.execute()
+        return results

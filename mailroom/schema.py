@@ -1,0 +1,73 @@
+"""The job payload: what the watcher puts on the queue and the worker takes off it. Pure, no I/O.
+
+Version 1 is a JSON object (RQ's JSON serializer stores it as the job's only argument):
+
+    {"v": 1, "mailbox": "support", "source": "imap", "uidvalidity": 1712, "uid": 42,
+     "received_at": "2026-11-25T12:00:00+00:00", "size": 4211, "truncated": false,
+     "message_id": "...", "key": "abc", "key_header": "To", "from": "...", "subject": "...",
+     "auto_reply": false, "bounce": false, "parse_error": null,
+     "raw": "<the message bytes, base64>"}
+
+``raw`` is the message exactly as the server held it; ``truncated`` marks a message over the size limit
+of which only the header was kept.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import asdict, dataclass
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+class PayloadError(ValueError):
+    """The job's data is not a mailroom payload this version understands."""
+
+
+@dataclass(frozen=True)
+class JobPayload:
+    mailbox: str
+    source: str  # "imap", "graph", "inject"
+    uidvalidity: int | None
+    uid: int | str | None  # an IMAP UID, or a Graph immutable id
+    received_at: str
+    size: int
+    truncated: bool
+    message_id: str | None
+    key: str | None
+    key_header: str | None
+    from_address: str | None
+    subject: str | None
+    auto_reply: bool
+    bounce: bool
+    parse_error: str | None
+    raw: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["from"] = data.pop("from_address")
+        data["raw"] = base64.b64encode(self.raw).decode("ascii")
+        return {"v": SCHEMA_VERSION, **data}
+
+    @classmethod
+    def from_json(cls, data: Any) -> JobPayload:
+        if not isinstance(data, dict):
+            raise PayloadError(f"expected a JSON object, got {type(data).__name__}")
+        if data.get("v") != SCHEMA_VERSION:
+            raise PayloadError(f"unsupported payload version {data.get('v')!r}")
+        fields = dict(data)
+        fields.pop("v")
+        fields["from_address"] = fields.pop("from", None)
+        try:
+            fields["raw"] = base64.b64decode(fields["raw"], validate=True)
+            return cls(**fields)
+        except (KeyError, TypeError, binascii.Error) as exc:
+            raise PayloadError(f"malformed payload: {exc}") from exc
+
+    def summary(self) -> dict[str, Any]:
+        """The payload without the message bytes: for logs, listings and Sentry tags."""
+        data = self.to_json()
+        del data["raw"]
+        return data

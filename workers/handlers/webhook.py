@@ -1,0 +1,69 @@
+"""POST the raw message to the application, the way GitLab's mail_room ``postback`` delivery does.
+
+The body is the message bytes (``text/plain``); the request carries a JWT in the
+``Gitlab-Mailroom-Api-Request`` header: HS256, issuer ``gitlab-mailroom``, ``iat`` now, signed with the
+secret whose Base64 text is in ``webhook.secret_file``. A 2xx answer is success; 408, 429, 5xx and network
+errors are transient (retried); any other answer is permanent.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+import jwt
+
+from mailroom.config import WebhookConfig, read_secret_file
+from workers.errors import PermanentHandlerError, TransientHandlerError
+from workers.incoming import IncomingEmail
+
+JWT_HEADER = "Gitlab-Mailroom-Api-Request"
+JWT_ISSUER = "gitlab-mailroom"
+JWT_ALGORITHM = "HS256"
+_TRANSIENT_STATUSES = frozenset({408, 425, 429})
+
+
+def signing_secret(config: WebhookConfig) -> bytes:
+    text = read_secret_file(config.secret_file).strip()
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error as exc:
+        raise PermanentHandlerError(f"webhook.secret_file {config.secret_file} is not Base64") from exc
+
+
+def make_token(secret: bytes, now: float | None = None) -> str:
+    claims = {"iss": JWT_ISSUER, "iat": int(now if now is not None else time.time())}
+    return jwt.encode(claims, secret, algorithm=JWT_ALGORITHM)
+
+
+@dataclass(frozen=True)
+class WebhookHandler:
+    config: WebhookConfig
+
+    def __call__(self, email: IncomingEmail) -> int:
+        request = urllib.request.Request(  # noqa: S310 - the URL is validated as http(s) by the config
+            self.config.url,
+            data=email.raw,
+            method="POST",
+            headers={
+                "Content-Type": "text/plain",
+                JWT_HEADER: make_token(signing_secret(self.config)),
+                "User-Agent": "mailroom",
+            },
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.config.timeout) as response:  # noqa: S310
+                status: int = response.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        except (urllib.error.URLError, OSError) as exc:
+            raise TransientHandlerError(f"POST {self.config.url} failed: {exc}") from exc
+        if 200 <= status < 300:
+            return status
+        if status >= 500 or status in _TRANSIENT_STATUSES:
+            raise TransientHandlerError(f"POST {self.config.url} answered {status}")
+        raise PermanentHandlerError(f"POST {self.config.url} answered {status}")

@@ -1,0 +1,77 @@
+"""The RQ entry point. The watcher enqueues ``workers.jobs.handle_email`` by name with one JSON argument.
+
+A handler's exception is retried with the mailbox's RQ Retry delays, except PermanentHandlerError (and
+payloads that cannot be handled at all), which go straight to the failed registry with the raw message.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any, NoReturn
+
+import structlog
+from rq import get_current_job
+
+from mailroom.config import Settings, load_settings
+from mailroom.schema import JobPayload, PayloadError
+from workers.errors import PermanentHandlerError
+from workers.incoming import IncomingEmail
+from workers.registry import Handler, HandlerNotFound, handler_for
+
+log = structlog.get_logger("mailroom.worker")
+
+
+@cache
+def settings() -> Settings:
+    """The worker process's configuration ($MAILROOM_CONFIG and MAILROOM_* variables), read once."""
+    return load_settings()
+
+
+@cache
+def _handler(mailbox: str) -> Handler:
+    return handler_for(settings().mailbox(mailbox))
+
+
+def handle_email(data: dict[str, Any]) -> dict[str, Any]:
+    try:
+        payload = JobPayload.from_json(data)
+    except PayloadError as exc:
+        _no_retry()
+        raise PermanentHandlerError(f"not a mailroom payload: {exc}") from exc
+    email = IncomingEmail(payload)
+    job = get_current_job()
+    jlog = log.bind(
+        mailbox=payload.mailbox,
+        uid=payload.uid,
+        message_id=payload.message_id,
+        reply_key=payload.key,
+        job_id=job.id if job else None,
+    )
+    if payload.truncated:
+        _permanent(f"message too large ({payload.size} bytes): parked with its header only")
+    try:
+        handler = _handler(payload.mailbox)
+    except (KeyError, HandlerNotFound) as exc:
+        _permanent(f"no handler for mailbox {payload.mailbox!r}: {exc}")
+    try:
+        result = handler(email)
+    except PermanentHandlerError as exc:
+        jlog.warning("handler_failed_permanently", error=str(exc))
+        _no_retry()
+        raise
+    except Exception as exc:
+        jlog.warning("handler_failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    jlog.info("email_handled", handler=settings().mailbox(payload.mailbox).handler)
+    return {"handled": True, "result": result if isinstance(result, (str, int, float, bool)) else None}
+
+
+def _no_retry() -> None:
+    job = get_current_job()
+    if job is not None:
+        job.retries_left = 0
+
+
+def _permanent(reason: str) -> NoReturn:
+    _no_retry()
+    raise PermanentHandlerError(reason)
