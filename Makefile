@@ -1,0 +1,69 @@
+# Everyday commands. `make demo` and `make test` install what is missing first (OS packages with apt-get,
+# the Python package with pip), so on a fresh Debian/Ubuntu machine they are the only two commands needed.
+PYTHON ?= python3
+ARGS ?=
+# pip runs again only when pyproject.toml changes; `make install` forces it.
+STAMP := .run/install.stamp
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: help install system-packages fmt lint typecheck test demo compose-check
+
+help:
+	@echo "make demo           run the whole pipeline locally (ARGS=--once to stop after the sample)"
+	@echo "make test           run every test (unit, integration against real servers, chaos)"
+	@echo "make fmt | lint | typecheck | compose-check | install"
+
+install: system-packages
+	$(PYTHON) -m pip install -q -e '.[test]'
+	@mkdir -p $(dir $(STAMP)) && touch $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m pip install -q -e '.[test]'
+	@mkdir -p $(dir $(STAMP)) && touch $(STAMP)
+
+# The real servers the demo and the integration tests start privately on free loopback ports.
+# The Debian package may auto-start a system dovecot on 143/993: ours never uses those ports, but a
+# service we did not ask for is stopped (never failing over it).
+system-packages:
+	@have() { command -v "$$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$$1" ] || [ -x "/usr/bin/$$1" ]; }; \
+	missing=""; \
+	have dovecot || missing="$$missing dovecot-imapd"; \
+	have redis-server || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing"; \
+	  $(SUDO) apt-get update && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing || exit 1; \
+	  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet dovecot 2>/dev/null; then \
+	    $(SUDO) systemctl disable --now dovecot || true; \
+	  elif command -v service >/dev/null 2>&1; then \
+	    $(SUDO) service dovecot stop >/dev/null 2>&1 || true; \
+	  fi; \
+	fi
+
+fmt: $(STAMP)
+	$(PYTHON) -m ruff format .
+
+lint: $(STAMP)
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+typecheck: $(STAMP)
+	$(PYTHON) -m mypy
+	$(PYTHON) -m mypy -p devstack
+
+test: system-packages $(STAMP)
+	$(PYTHON) -m pytest -q
+
+demo: system-packages $(STAMP)
+	$(PYTHON) -m devstack.demo $(ARGS)
+
+# Validate docker-compose.yml with whichever compose client exists; without one, the unit test checks
+# its structure and the config it mounts.
+compose-check:
+	@if docker compose version >/dev/null 2>&1; then \
+	  docker compose -f docker-compose.yml config -q && echo "docker compose: docker-compose.yml is valid"; \
+	elif command -v docker-compose >/dev/null 2>&1; then \
+	  docker-compose -f docker-compose.yml config -q && echo "docker-compose: docker-compose.yml is valid"; \
+	else \
+	  $(PYTHON) -m pytest -q tests/unit/test_compose.py; \
+	fi
