@@ -121,6 +121,19 @@ def sample_reply() -> bytes:
 # ---- child processes ---------------------------------------------------------------------------------
 
 
+def mailroom_command() -> list[str]:
+    """The ``mailroom`` console script of this Python (the one ``pip install -e .`` made)."""
+    script = Path(sys.executable).parent / "mailroom"
+    if script.is_file():
+        return [str(script)]
+    # Same entry point, without relying on where pip put scripts.
+    loader = (
+        "from importlib.metadata import entry_points;"
+        " entry_points(group='console_scripts')['mailroom'].load()()"
+    )
+    return [sys.executable, "-c", loader]
+
+
 class Child:
     """A ``mailroom`` subprocess whose output is echoed with a prefix; remembers whether a line matched."""
 
@@ -130,7 +143,7 @@ class Child:
         self.seen = threading.Event()
         # Our own session: Ctrl-C reaches the demo only, which then stops the children in order.
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mailroom.cli", *args],
+            [*mailroom_command(), *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
