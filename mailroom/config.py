@@ -106,7 +106,17 @@ class MailboxConfig(_Model):
     after_delivery: str = "seen"
     idle_timeout: float = Field(default=300.0, gt=0, le=MAX_IDLE_TIMEOUT)
     poll_interval: float = Field(default=60.0, gt=0)
-    batch_size: int = Field(default=200, ge=1, le=5000)
+    batch_size: int = Field(
+        default=200, ge=1, le=5000, description="UIDs per FETCH and per Redis transaction"
+    )
+    max_message_size: int = Field(
+        default=25 * 1024 * 1024, gt=0, description="bytes; larger messages are parked with their header only"
+    )
+    keepalive_interval: float = Field(
+        default=15.0,
+        ge=0,
+        description="renew IDLE this often (0: at idle_timeout only); the round trip detects dead links",
+    )
     timeout: float = Field(default=30.0, gt=0, description="connect and command timeout, seconds")
     retries: tuple[int, ...] = Field(
         default=(10, 60, 300),

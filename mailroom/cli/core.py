@@ -1,4 +1,4 @@
-"""The ``mailroom`` command: a thin shell over the library, so whatever it does a program can do."""
+"""The pipeline's commands: watch, worker, parse, check-config."""
 
 from __future__ import annotations
 
@@ -14,51 +14,17 @@ from typing import Any
 import click
 import yaml
 
-from mailroom import logs
-from mailroom.config import CONFIG_PATH_ENV, DEFAULT_ADDRESS, Settings, load_settings, masked
-from mailroom.errors import ConfigError
+from mailroom.cli.base import cli, load_or_exit
+from mailroom.config import CONFIG_PATH_ENV, DEFAULT_ADDRESS, masked
 
 SHUTDOWN_GRACE_SECONDS = 8.0
-
-
-def _load(ctx: click.Context) -> Settings:
-    """The settings, or each problem on its own line and exit code 2."""
-    try:
-        settings = load_settings(ctx.obj["config"])
-    except ConfigError as exc:
-        for problem in exc.problems:
-            click.echo(f"config error: {problem}", err=True)
-        ctx.exit(2)
-    logs.configure(ctx.obj["log_format"] or settings.log_format, settings.log_level)
-    return settings
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--config",
-    "config",
-    type=click.Path(dir_okay=False, path_type=Path),
-    envvar=CONFIG_PATH_ENV,
-    help="YAML config file (or $MAILROOM_CONFIG). MAILROOM_* variables override its fields.",
-)
-@click.option(
-    "--log-format", type=click.Choice(["json", "console", "auto"]), default=None, help="default: from config"
-)
-@click.pass_context
-def cli(ctx: click.Context, config: Path | None, log_format: str | None) -> None:
-    """mailroom turns incoming email into application work.
-
-    It watches IMAP mailboxes (IDLE), finds the reply key each message was sent to, and queues one RQ job
-    per message on Redis; workers hand each job to the application's handler.
-    """
-    ctx.obj = {"config": config, "log_format": log_format}
 
 
 @cli.command("check-config")
 @click.pass_context
 def check_config(ctx: click.Context) -> None:
     """Validate the configuration and print it with secrets masked (exit 2 if invalid)."""
-    settings = _load(ctx)
+    settings = load_or_exit(ctx)
     click.echo(yaml.safe_dump(masked(settings), sort_keys=False), nl=False)
 
 
@@ -68,7 +34,7 @@ def watch(ctx: click.Context) -> None:
     """Watch every configured mailbox and enqueue each new message (until SIGTERM or Ctrl-C)."""
     from mailroom.app import start_watchers
 
-    settings = _load(ctx)
+    settings = load_or_exit(ctx)
     if not settings.mailboxes:
         click.echo("config error: mailboxes: configure at least one mailbox to watch", err=True)
         ctx.exit(2)
@@ -101,7 +67,7 @@ def worker(ctx: click.Context, queues: tuple[str, ...], burst: bool) -> None:
 
     from mailroom.queue import connect
 
-    settings = _load(ctx)
+    settings = load_or_exit(ctx)
     if ctx.obj["config"]:
         # The job function reads the configuration in the worker process.
         os.environ[CONFIG_PATH_ENV] = str(ctx.obj["config"])
@@ -137,11 +103,3 @@ def parse(source: str, address: str) -> None:
         sys.exit(1)
     result: dict[str, Any] = parse_message(raw, template).as_dict()
     click.echo(json.dumps(result, ensure_ascii=False, indent=2))
-
-
-def main() -> None:
-    cli(prog_name="mailroom")
-
-
-if __name__ == "__main__":
-    main()

@@ -74,10 +74,8 @@ class WatcherStatus:
 
 @dataclass(frozen=True)
 class WatchLimits:
-    max_message_size: int = 25 * 1024 * 1024
-    max_batch_bytes: int = 16 * 1024 * 1024
-    keepalive: float = 15.0  # renew IDLE this often: the DONE round trip proves the connection alive
-    done_timeout: float = 5.0
+    max_batch_bytes: int = 16 * 1024 * 1024  # bytes of message bodies per FETCH (and so in memory)
+    done_timeout: float = 5.0  # how long the server may take to answer DONE before we call it dead
 
 
 class MailboxWatcher:
@@ -152,7 +150,9 @@ class MailboxWatcher:
             if self.stop.is_set():
                 return
             if session.has_idle:
-                wait = min(self.config.idle_timeout, self.limits.keepalive or self.config.idle_timeout)
+                wait = min(
+                    self.config.idle_timeout, self.config.keepalive_interval or self.config.idle_timeout
+                )
                 if session.idle(wait, self.stop.is_set, self.limits.done_timeout):
                     metrics.IDLE_WAKEUPS.labels(self.config.name).inc()
             else:
@@ -173,7 +173,7 @@ class MailboxWatcher:
                 return
             for start in range(0, len(uids), self.config.batch_size):
                 chunk = uids[start : start + self.config.batch_size]
-                for batch in session.fetch(chunk, self.limits.max_message_size, self.limits.max_batch_bytes):
+                for batch in session.fetch(chunk, self.config.max_message_size, self.limits.max_batch_bytes):
                     self._deliver(session, batch)
                     if self.stop.is_set():
                         return
