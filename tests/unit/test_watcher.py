@@ -1,0 +1,143 @@
+"""Watcher logic against a fake session that implements the same Protocol (the real thing is tested
+against Dovecot in tests/integration)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import pytest
+
+from mailroom.config import MailboxConfig
+from mailroom.errors import EnqueueError, ImapError
+from mailroom.imap.session import FetchedMessage, FolderState
+from mailroom.imap.watcher import Backoff, MailboxWatcher
+
+CONFIG = MailboxConfig(
+    name="support", host="127.0.0.1", security="none", username="u", password="p", batch_size=2
+)
+
+
+@dataclass
+class FakeSession:
+    """A mailbox of UIDs; ``arrivals`` are delivered to the mailbox as a side effect of the n-th SEARCH."""
+
+    messages: dict[int, bytes]
+    arrivals: dict[int, dict[int, bytes]] = field(default_factory=dict)
+    marked: list[int] = field(default_factory=list)
+    searches: int = 0
+    idles: int = 0
+    announced: bool = False
+    state: FolderState = field(default_factory=lambda: FolderState(uidvalidity=7, uidnext=None, exists=0))
+    has_idle: bool = True
+
+    def pending_uids(self) -> list[int]:
+        self.searches += 1
+        result = sorted(uid for uid in self.messages if uid not in self.marked)
+        if self.searches in self.arrivals:  # arrives during this SEARCH: not in its result, but announced
+            self.messages.update(self.arrivals[self.searches])
+            self.announced = True
+        return result
+
+    def saw_activity(self) -> bool:
+        announced, self.announced = self.announced, False
+        return announced
+
+    def fetch(
+        self, uids: Sequence[int], max_size: int, max_batch_bytes: int
+    ) -> Iterator[list[FetchedMessage]]:
+        for uid in uids:
+            yield [FetchedMessage(7, uid, self.messages[uid], len(self.messages[uid]), None)]
+
+    def mark_done(self, uids: Sequence[int]) -> None:
+        self.marked.extend(uids)
+
+    def idle(self, seconds: float, should_stop: Callable[[], bool], done_timeout: float) -> bool:
+        self.idles += 1
+        return False
+
+    def noop(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+def _watcher(sink, stop=None, open_session=None) -> MailboxWatcher:
+    return MailboxWatcher(
+        CONFIG, sink, stop or threading.Event(), open_session=open_session or (lambda c: None)
+    )
+
+
+def test_marks_each_batch_only_after_the_sink_returned():
+    session = FakeSession({1: b"a", 2: b"b", 3: b"c"})
+    seen_marked_at_sink_time = []
+
+    def sink(batch):
+        seen_marked_at_sink_time.append(list(session.marked))
+
+    _watcher(sink).catch_up(session)
+    assert session.marked == [1, 2, 3]
+    assert seen_marked_at_sink_time == [[], [1], [1, 2]]
+
+
+def test_a_failing_sink_leaves_the_batch_unmarked():
+    session = FakeSession({1: b"a", 2: b"b"})
+
+    def sink(batch):
+        raise EnqueueError("redis down")
+
+    with pytest.raises(EnqueueError):
+        _watcher(sink).catch_up(session)
+    assert session.marked == []
+
+
+def test_mail_announced_during_the_last_search_is_fetched_before_idling():
+    session = FakeSession({1: b"a"}, arrivals={2: {2: b"late"}})
+    delivered = []
+    _watcher(lambda batch: delivered.extend(m.uid for m in batch)).catch_up(session)
+    assert delivered == [1, 2]
+    assert session.idles == 0
+
+
+def test_stop_finishes_the_batch_in_hand_and_starts_no_other():
+    session = FakeSession({1: b"a", 2: b"b", 3: b"c"})
+    stop = threading.Event()
+
+    def sink(batch):
+        stop.set()
+
+    _watcher(sink, stop).catch_up(session)
+    assert session.marked == [1]
+
+
+def test_run_survives_connection_errors_and_bugs_then_delivers():
+    stop = threading.Event()
+    session = FakeSession({1: b"a"})
+    attempts = []
+
+    def open_session(config):
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ImapError("connection refused")
+        if len(attempts) == 2:
+            raise RuntimeError("a bug in a dependency")
+        return session
+
+    def sink(batch):
+        stop.set()
+
+    watcher = _watcher(sink, stop, open_session)
+    watcher._backoff = Backoff(base=0.001, cap=0.001)
+    watcher.run()
+    assert len(attempts) == 3 and session.marked == [1]
+    assert watcher.status.last_error is None
+
+
+def test_backoff_grows_to_its_cap_with_jitter():
+    backoff = Backoff(base=1, cap=8)
+    delays = [backoff.next_delay() for _ in range(6)]
+    assert all(0.5 * min(8, 2**i) <= d <= min(8, 2**i) for i, d in enumerate(delays))
+    backoff.reset()
+    assert backoff.next_delay() <= 1
