@@ -28,6 +28,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from mailroom.errors import ConfigError
@@ -85,17 +86,156 @@ class WebhookConfig(_Model):
         return value
 
 
+def _problems_found(model: str, problems: list[tuple[str, str]]) -> None:
+    """Raise every problem at once, each as its own error at its own field (one line each)."""
+    if problems:
+        raise ValidationError.from_exception_data(
+            model,
+            [
+                InitErrorDetails(type=PydanticCustomError("config", message), loc=(field,), input=None)
+                for field, message in problems
+            ],
+        )
+
+
+def _http_url_problem(name: str, value: str | None) -> list[tuple[str, str]]:
+    if value is not None and not value.startswith(("http://", "https://")):
+        return [(name, "must start with https:// (or http:// for a local test server)")]
+    return []
+
+
+def _file_problem(name: str, path: Path | None) -> list[tuple[str, str]]:
+    if path is not None and not path.is_file():
+        return [(name, f"{path} is not a readable file")]
+    return []
+
+
+class MailboxKind(StrEnum):
+    IMAP = "imap"
+    GRAPH = "graph"
+
+
+class AuthMethod(StrEnum):
+    PASSWORD = "password"  # noqa: S105 - the name of a method, not a secret
+    OAUTH2 = "oauth2"
+
+
+MICROSOFT_AUTHORITY = "https://login.microsoftonline.com"
+
+
+class ClientCredentialsConfig(_Model):
+    """OAuth2 client-credentials grant (RFC 6749 4.4); Microsoft's identity platform by default."""
+
+    tenant: str | None = Field(default=None, description="directory (tenant) id or domain")
+    client_id: str
+    client_secret_file: Path
+    scope: str = "https://outlook.office365.com/.default"
+    authority: str = MICROSOFT_AUTHORITY
+    token_url: str | None = Field(default=None, description="default {authority}/{tenant}/oauth2/v2.0/token")
+
+    @property
+    def effective_token_url(self) -> str:
+        if self.token_url is not None:
+            return self.token_url
+        return f"{self.authority.rstrip('/')}/{self.tenant}/oauth2/v2.0/token"
+
+    @model_validator(mode="after")
+    def _consistent_client_credentials(self) -> ClientCredentialsConfig:
+        problems = _file_problem("client_secret_file", self.client_secret_file)
+        if self.tenant is None and self.token_url is None:
+            problems.append(("tenant", "required (or give token_url)"))
+        problems += _http_url_problem("authority", self.authority)
+        problems += _http_url_problem("token_url", self.token_url)
+        _problems_found("ClientCredentialsConfig", problems)
+        return self
+
+
+class RefreshTokenConfig(_Model):
+    """OAuth2 refresh-token grant (RFC 6749 section 6), as Google documents it for IMAP."""
+
+    client_id: str
+    client_secret_file: Path | None = None
+    refresh_token_file: Path
+    token_url: str = "https://oauth2.googleapis.com/token"
+    scope: str | None = Field(default=None, description="default: the scope the refresh token was granted")
+
+    @model_validator(mode="after")
+    def _consistent_refresh_token(self) -> RefreshTokenConfig:
+        problems = _file_problem("client_secret_file", self.client_secret_file)
+        problems += _file_problem("refresh_token_file", self.refresh_token_file)
+        problems += _http_url_problem("token_url", self.token_url)
+        _problems_found("RefreshTokenConfig", problems)
+        return self
+
+
+class OAuth2Config(_Model):
+    """Where an IMAP mailbox's OAuth2 access tokens come from (exactly one source)."""
+
+    token_file: Path | None = Field(default=None, description="a file holding the current access token")
+    client_credentials: ClientCredentialsConfig | None = None
+    refresh_token: RefreshTokenConfig | None = None
+    mechanism: Literal["auto", "xoauth2", "oauthbearer"] = Field(
+        default="auto", description="auto: XOAUTH2 if the server offers it, else OAUTHBEARER"
+    )
+    refresh_margin: float = Field(default=300.0, ge=0, description="seconds before expiry to get a new token")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> OAuth2Config:
+        sources = [self.token_file, self.client_credentials, self.refresh_token]
+        problems = _file_problem("token_file", self.token_file)
+        if sum(source is not None for source in sources) != 1:
+            problems.append(("token_file", "set exactly one of token_file, client_credentials, refresh_token"))
+        _problems_found("OAuth2Config", problems)
+        return self
+
+
+class GraphConfig(_Model):
+    """A Microsoft 365 mailbox read through Microsoft Graph (application permission Mail.ReadWrite)."""
+
+    tenant: str = Field(description="directory (tenant) id or domain")
+    client_id: str
+    client_secret_file: Path
+    user: str = Field(description="the mailbox: user principal name or user id")
+    authority: str = MICROSOFT_AUTHORITY
+    token_url: str | None = Field(default=None, description="default {authority}/{tenant}/oauth2/v2.0/token")
+    scope: str = "https://graph.microsoft.com/.default"
+    base_url: str = Field(default="https://graph.microsoft.com/v1.0", description="change only for tests")
+    page_size: int = Field(default=50, ge=1, le=1000, description="messages per delta page")
+
+    def client_credentials(self) -> ClientCredentialsConfig:
+        return ClientCredentialsConfig(
+            tenant=self.tenant,
+            client_id=self.client_id,
+            client_secret_file=self.client_secret_file,
+            scope=self.scope,
+            authority=self.authority,
+            token_url=self.token_url,
+        )
+
+    @model_validator(mode="after")
+    def _consistent_graph(self) -> GraphConfig:
+        problems = _file_problem("client_secret_file", self.client_secret_file)
+        for name in ("authority", "token_url", "base_url"):
+            problems += _http_url_problem(name, getattr(self, name))
+        _problems_found("GraphConfig", problems)
+        return self
+
+
 class MailboxConfig(_Model):
-    """One IMAP mailbox to watch, and what to do with its mail."""
+    """One mailbox to watch (IMAP, or Microsoft Graph), and what to do with its mail."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    host: str
+    kind: MailboxKind = MailboxKind.IMAP
+    auth: AuthMethod = Field(default=AuthMethod.PASSWORD, description="IMAP login: password or oauth2")
+    oauth2: OAuth2Config | None = None
+    graph: GraphConfig | None = None
+    host: str | None = Field(default=None, description="IMAP server (kind: imap)")
     port: int | None = Field(default=None, ge=1, le=65535, description="default 993 for tls, else 143")
     security: Security = Security.TLS
     allow_insecure: bool = Field(default=False, description="required for security: none off loopback")
     verify: bool = True
     ca_file: Path | None = None
-    username: str
+    username: str | None = Field(default=None, description="IMAP login (with oauth2: the mailbox address)")
     password: SecretStr | None = None
     password_file: Path | None = None
     folder: str = "INBOX"
@@ -167,13 +307,38 @@ class MailboxConfig(_Model):
             return value
         raise ValueError("must be log, webhook, or an import string like myapp.mail:handle")
 
+    def _source_problems(self) -> list[tuple[str, str]]:
+        """What kind and auth require: one (field, problem) per problem."""
+        problems: list[tuple[str, str]] = []
+        if self.kind is MailboxKind.GRAPH:
+            if self.graph is None:
+                problems.append(("graph", "kind: graph needs a graph: section (tenant, client_id, ...)"))
+            return problems
+        if self.graph is not None:
+            problems.append(("graph", "only used with kind: graph"))
+        if self.host is None:
+            problems.append(("host", "required for an IMAP mailbox"))
+        if self.username is None:
+            problems.append(("username", "required for an IMAP mailbox (with oauth2: the mailbox address)"))
+        if self.auth is AuthMethod.OAUTH2:
+            if self.oauth2 is None:
+                problems.append(("oauth2", "auth: oauth2 needs an oauth2: section (token_file, ...)"))
+            if self.password is not None or self.password_file is not None:
+                problems.append(("password", "not used with auth: oauth2; remove password/password_file"))
+        else:
+            if self.oauth2 is not None:
+                problems.append(("auth", "an oauth2: section is given: set auth: oauth2"))
+            elif (self.password is None) == (self.password_file is None):
+                problems.append(("password", "set exactly one of password or password_file"))
+        return problems
+
     @model_validator(mode="after")
     def _consistent(self) -> MailboxConfig:
-        if (self.password is None) == (self.password_file is None):
-            raise ValueError("set exactly one of password or password_file")
+        _problems_found("MailboxConfig", self._source_problems())
         if self.password_file is not None and not self.password_file.is_file():
             raise ValueError(f"password_file {self.password_file} is not a readable file")
-        if self.security is Security.NONE and not self.allow_insecure and not _is_loopback(self.host):
+        insecure_ok = self.allow_insecure or self.host is None or _is_loopback(self.host)
+        if self.security is Security.NONE and not insecure_ok:
             raise ValueError(
                 "security: none sends the password in clear text; set allow_insecure: true to accept that"
             )
@@ -186,6 +351,124 @@ class MailboxConfig(_Model):
         return self
 
 
+class ProviderConfig(_Model):
+    """The mail provider's (Mailgun's) side: signed delivery-failure webhooks and the stats API."""
+
+    signing_key: SecretStr | None = Field(
+        default=None, description="webhook signing key (prefer signing_key_file or the env variable)"
+    )
+    signing_key_file: Path | None = Field(default=None, description="file holding the webhook signing key")
+    webhook_path: str = "/mailgun/webhooks"
+    webhook_host: str = "127.0.0.1"
+    webhook_port: int = Field(default=8025, ge=0, le=65535)
+    metrics_port: int | None = Field(default=None, ge=0, le=65535, description="Prometheus for webhooks")
+    timestamp_tolerance: int = Field(default=15 * 60, gt=0, description="seconds a signature stays valid")
+    replay_ttl: int = Field(default=3600, gt=0, description="seconds a seen token is remembered")
+    temporary_failure_threshold: int = Field(default=5, ge=1)
+    temporary_failure_window: int = Field(default=24 * 3600, gt=0, description="seconds")
+    max_body_bytes: int = Field(default=256 * 1024, gt=0)
+    request_timeout: float = Field(default=10.0, gt=0, description="seconds to receive a request body")
+    api_key: SecretStr | None = Field(default=None, description="Mailgun API key: enables the stats collector")
+    api_key_file: Path | None = None
+    api_base: str = "https://api.mailgun.net"
+    stats_domains: tuple[str, ...] = ()
+    stats_interval: float = Field(default=300.0, gt=0, description="seconds between stats polls")
+
+    def read_signing_key(self) -> str | None:
+        if self.signing_key_file is not None:
+            return read_secret_file(self.signing_key_file)
+        return self.signing_key.get_secret_value() if self.signing_key is not None else None
+
+    def read_api_key(self) -> str | None:
+        if self.api_key_file is not None:
+            return read_secret_file(self.api_key_file)
+        return self.api_key.get_secret_value() if self.api_key is not None else None
+
+    @field_validator("webhook_path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with /")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent_provider(self) -> ProviderConfig:
+        if self.signing_key is not None and self.signing_key_file is not None:
+            raise ValueError("set at most one of signing_key and signing_key_file")
+        for name in ("signing_key_file", "api_key_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name} {path} is not a readable file")
+        if self.replay_ttl <= 2 * self.timestamp_tolerance:
+            raise ValueError("replay_ttl must be longer than twice timestamp_tolerance (the replay window)")
+        return self
+
+
+class SmtpConfig(_Model):
+    """Authenticated SMTP for outbound mail (rejection replies, the application's notifications)."""
+
+    host: str
+    port: int | None = Field(default=None, ge=1, le=65535, description="default 465 for tls, 587 otherwise")
+    security: Security = Security.STARTTLS
+    verify: bool = True
+    ca_file: Path | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    from_address: str = Field(description="the envelope and From address of mail mailroom sends")
+    timeout: float = Field(default=30.0, gt=0)
+
+    @property
+    def effective_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return 465 if self.security is Security.TLS else 587
+
+    def read_password(self) -> str | None:
+        if self.password_file is not None:
+            return read_secret_file(self.password_file)
+        return self.password.get_secret_value() if self.password is not None else None
+
+    @model_validator(mode="after")
+    def _consistent_smtp(self) -> SmtpConfig:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("set at most one of password and password_file")
+        if self.username is not None and self.password is None and self.password_file is None:
+            raise ValueError("username needs password or password_file")
+        if self.password_file is not None and not self.password_file.is_file():
+            raise ValueError(f"password_file {self.password_file} is not a readable file")
+        if self.ca_file is not None and not self.ca_file.is_file():
+            raise ValueError(f"ca_file {self.ca_file} is not a readable file")
+        if "@" not in self.from_address:
+            raise ValueError("from_address must be an email address")
+        return self
+
+
+RejectionReason = Literal["no_key", "unknown_key", "sender_not_allowed", "too_large"]
+
+
+class RejectionsConfig(_Model):
+    """Rejection replies: tell a sender why their message was not handled (needs the smtp section)."""
+
+    enabled: bool = False
+    reasons: tuple[RejectionReason, ...] = ("no_key", "unknown_key", "sender_not_allowed", "too_large")
+    once_per: int = Field(default=24 * 3600, gt=0, description="seconds: one reply per sender and reason")
+    message_id_host: str | None = Field(default=None, description="default: the from_address domain")
+
+
+class DomainCheckConfig(_Model):
+    """What `mailroom domain check` expects to find in DNS (Mailgun's defaults)."""
+
+    mx_hosts: tuple[str, ...] = ("mxa.mailgun.org", "mxb.mailgun.org")
+    spf_include: str = "mailgun.org"
+    dkim_selector: str = "smtp"
+    tracking_host: str = "email"
+    tracking_target: str = "mailgun.org"
+    nameserver: str | None = Field(default=None, description="default: the system resolver")
+    port: int = Field(default=53, ge=1, le=65535)
+    timeout: float = Field(default=5.0, gt=0)
+
+
 class Settings(BaseSettings):
     """The whole configuration of one mailroom deployment."""
 
@@ -193,6 +476,10 @@ class Settings(BaseSettings):
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     mailboxes: tuple[MailboxConfig, ...] = ()
+    provider: ProviderConfig | None = None
+    smtp: SmtpConfig | None = None
+    rejections: RejectionsConfig = RejectionsConfig()
+    domain_check: DomainCheckConfig = DomainCheckConfig()
     log_format: Literal["json", "console", "auto"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     http_port: int | None = Field(default=None, ge=0, le=65535, description="health and metrics server")
@@ -201,6 +488,18 @@ class Settings(BaseSettings):
     failure_ttl: int = Field(default=30 * 24 * 3600, gt=0, description="seconds failed jobs are kept")
     guard_ttl: int = Field(
         default=90 * 24 * 3600, gt=0, description="seconds a (mailbox, UIDVALIDITY, UID) stays claimed"
+    )
+    history_ttl: int = Field(
+        default=7 * 24 * 3600, ge=0, description="seconds `mailroom history` remembers a message (0: off)"
+    )
+    history_max_entries: int = Field(
+        default=100_000, gt=0, description="messages `mailroom history` remembers at most"
+    )
+    sentry_dsn: SecretStr | None = Field(default=None, description="Sentry DSN (or SENTRY_DSN); unset: off")
+    lease_ttl: float | None = Field(
+        default=None,
+        gt=0,
+        description="seconds a watcher replica holds a mailbox's lease; unset: every replica watches all",
     )
 
     @field_validator("redis_url")
@@ -216,6 +515,12 @@ class Settings(BaseSettings):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"mailbox names must be unique: {', '.join(duplicates)}")
+        return self
+
+    @model_validator(mode="after")
+    def _rejections_need_smtp(self) -> Settings:
+        if self.rejections.enabled and self.smtp is None:
+            raise ValueError("rejections.enabled needs an smtp section to send them")
         return self
 
     @classmethod
@@ -321,6 +626,8 @@ def masked(settings: Settings) -> dict[str, Any]:
         if mailbox.get("password") is not None:
             mailbox["password"] = MASK
     data["redis_url"] = _mask_url_password(data["redis_url"])
+    if data.get("sentry_dsn") is not None:
+        data["sentry_dsn"] = MASK
     return data
 
 

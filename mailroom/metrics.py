@@ -5,7 +5,13 @@ Names follow Prometheus conventions: ``mailroom_<what>_total`` for counters, ``_
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from collections.abc import Iterator, Sequence
+
+import redis
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from redis.exceptions import RedisError
+from rq import Queue
 
 MESSAGES_FETCHED = Counter("mailroom_messages_fetched_total", "Messages downloaded from IMAP", ["mailbox"])
 MESSAGES_ENQUEUED = Counter("mailroom_messages_enqueued_total", "New jobs written to Redis", ["mailbox"])
@@ -30,3 +36,65 @@ ENQUEUE_SECONDS = Histogram(
     ["mailbox"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+ARRIVAL_TO_ENQUEUE_SECONDS = Histogram(
+    "mailroom_arrival_to_enqueue_seconds",
+    "From the message's arrival on the IMAP server (INTERNALDATE, 1 s resolution) to its job in Redis",
+    ["mailbox"],
+    buckets=(1, 2, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 24 * 3600),
+)
+MAILBOXES_WATCHED = Gauge(
+    "mailroom_mailboxes_watched", "Mailboxes this process watches now (with leases: the ones it holds)"
+)
+
+# Worker side. The RQ worker forks a work horse per job, so these are counted in the parent process,
+# from the job's status once the horse has exited (mailroom.rqworker).
+JOBS = Counter(
+    "mailroom_jobs_total",
+    "Jobs run by this worker, by outcome: succeeded, failed (to the failed registry), retried",
+    ["queue", "outcome"],
+)
+JOB_SECONDS = Histogram(
+    "mailroom_job_seconds",
+    "Time to run one job (handler and work-horse overhead)",
+    ["queue"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+
+
+class QueueCollector:
+    """Queue depth and failed-registry size per queue, read from Redis at scrape time.
+
+    ``mailroom_redis_up`` is 0 (and the queue gauges are absent) when Redis does not answer.
+    """
+
+    def __init__(self, connection: redis.Redis, queues: Sequence[str]) -> None:
+        self.connection = connection
+        self.queues = list(queues)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # unchecked collector: the metrics depend on Redis at scrape time
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("mailroom_redis_up", "1 when Redis answered the scrape's queries")
+        depth = GaugeMetricFamily("mailroom_queue_depth", "Jobs waiting in the queue", labels=["queue"])
+        failed = GaugeMetricFamily(
+            "mailroom_failed_jobs", "Jobs in the queue's failed registry", labels=["queue"]
+        )
+        try:
+            with self.connection.pipeline(transaction=False) as pipe:
+                for name in self.queues:
+                    queue = Queue(name, connection=self.connection)
+                    pipe.llen(queue.key)
+                    pipe.zcard(queue.failed_job_registry.key)
+                counts = pipe.execute()
+        except RedisError:
+            up.add_metric([], 0)
+            yield up
+            return
+        for i, name in enumerate(self.queues):
+            depth.add_metric([name], counts[2 * i])
+            failed.add_metric([name], counts[2 * i + 1])
+        up.add_metric([], 1)
+        yield up
+        yield depth
+        yield failed

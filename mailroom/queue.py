@@ -13,12 +13,16 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
 
 import redis
 from redis.exceptions import RedisError, WatchError
+from redis.sentinel import Sentinel
 from rq import Queue, Retry
 from rq.serializers import JSONSerializer
 
+from mailroom import history
 from mailroom.config import MailboxConfig, Settings
 from mailroom.errors import EnqueueError
 from mailroom.schema import JobPayload
@@ -28,16 +32,41 @@ JOB_FUNCTION = "workers.jobs.handle_email"
 
 KEY_PREFIX = "mailroom:"
 GUARD_PREFIX = KEY_PREFIX + "guard:"
+SENTINEL_SCHEME = "redis+sentinel://"
 
 _TRANSACTION_ATTEMPTS = 10
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+_TIMEOUTS: dict[str, Any] = {"socket_timeout": 10, "socket_connect_timeout": 5}
 
 
 def connect(url: str) -> redis.Redis:
-    """A Redis client with timeouts, so an unreachable server is an error, not a hang."""
-    return redis.Redis.from_url(
-        url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30, retry_on_timeout=False
+    """A Redis client with timeouts, so an unreachable server is an error, not a hang.
+
+    ``redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/SERVICE[/DB]`` asks the Sentinels for the
+    current master of SERVICE (redis-py's Sentinel; the password is the master's).
+    """
+    if url.startswith(SENTINEL_SCHEME):
+        return _sentinel_master(url)
+    return redis.Redis.from_url(url, **_TIMEOUTS, health_check_interval=30, retry_on_timeout=False)
+
+
+def _sentinel_master(url: str) -> redis.Redis:
+    rest = url[len(SENTINEL_SCHEME) :]
+    userinfo, _, rest = rest.rpartition("@")
+    hosts, _, path = rest.partition("/")
+    service, _, db = path.strip("/").partition("/")
+    if not hosts or not service:
+        raise ValueError("a Sentinel URL looks like redis+sentinel://host:26379,host2:26379/mymaster/0")
+    nodes = []
+    for node in hosts.split(","):
+        host, _, port = node.rpartition(":") if ":" in node else (node, "", "26379")
+        nodes.append((host.strip("[]"), int(port)))
+    password = unquote(userinfo.partition(":")[2]) if userinfo else None
+    sentinel = Sentinel(nodes, **_TIMEOUTS)  # type: ignore[no-untyped-call]
+    master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        service, db=int(db or 0), password=password, **_TIMEOUTS
     )
+    return master
 
 
 def source_id(payload: JobPayload) -> str:
@@ -115,6 +144,9 @@ class MailQueue:
                     retry=retry,
                     description=f"email {payload.mailbox} {source_id(payload)} <{payload.message_id or ''}>",
                     pipeline=pipe,
+                )
+                history.add_to_pipeline(
+                    pipe, payload, job_id, self.settings.history_ttl, self.settings.history_max_entries
                 )
                 results.append(Enqueued(payload, job_id, new=True))
             pipe.execute()

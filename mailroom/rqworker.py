@@ -1,0 +1,68 @@
+"""The RQ worker classes ``mailroom worker`` runs: RQ's, plus job metrics and a liveness signal.
+
+RQ's ``Worker`` forks a work horse per job, so counters incremented inside the job would die with the
+horse. These classes count in the parent instead, from the job's status once it has run: succeeded,
+failed (it is in the failed registry) or retried (RQ queued or scheduled it again).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC
+from typing import Any
+
+from redis.exceptions import RedisError
+from rq import Queue, SimpleWorker, Worker
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+
+from mailroom import metrics
+
+WORKER_TTL = 60  # seconds: RQ heartbeats at least this often while idle (it blocks dequeue_timeout = 45 s)
+
+
+def outcome(job: Job) -> str:
+    try:
+        status = job.get_status(refresh=True)
+    except NoSuchJobError:
+        return "succeeded"  # result_ttl 0: a finished job is deleted at once
+    if status == JobStatus.FINISHED:
+        return "succeeded"
+    if status == JobStatus.FAILED:
+        return "failed"
+    if status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
+        return "retried"
+    return str(status)
+
+
+class _Observed:
+    """Mixed into an RQ worker class: time each job and count its outcome."""
+
+    def execute_job(self, job: Job, queue: Queue) -> Any:
+        started = time.perf_counter()
+        try:
+            return super().execute_job(job, queue)  # type: ignore[misc]
+        finally:
+            metrics.JOB_SECONDS.labels(queue.name).observe(time.perf_counter() - started)
+            try:
+                metrics.JOBS.labels(queue.name, outcome(job)).inc()
+            except RedisError:
+                metrics.JOBS.labels(queue.name, "unknown").inc()
+
+
+class MailroomWorker(_Observed, Worker):
+    """Forks a work horse per job (RQ's default); SIGTERM is RQ's warm shutdown."""
+
+
+class MailroomSimpleWorker(_Observed, SimpleWorker):
+    """Runs jobs in its own process (tests, --burst debugging)."""
+
+
+def heartbeat_age(worker: Worker) -> float | None:
+    """Seconds since the worker loop last told Redis it is alive (None before its first heartbeat)."""
+    last = worker.last_heartbeat
+    if last is None:
+        return None
+    if last.tzinfo is None:
+        last = last.replace(tzinfo=UTC)
+    return max(0.0, time.time() - last.timestamp())
