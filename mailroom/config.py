@@ -92,7 +92,9 @@ def _problems_found(model: str, problems: list[tuple[str, str]]) -> None:
         raise ValidationError.from_exception_data(
             model,
             [
-                InitErrorDetails(type=PydanticCustomError("config", message), loc=(field,), input=None)
+                InitErrorDetails(
+                    type=PydanticCustomError("config", message), loc=(field,) if field else (), input=None
+                )
                 for field, message in problems
             ],
         )
@@ -156,7 +158,7 @@ class RefreshTokenConfig(_Model):
     client_id: str
     client_secret_file: Path | None = None
     refresh_token_file: Path
-    token_url: str = "https://oauth2.googleapis.com/token"
+    token_url: str = "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL, not a secret
     scope: str | None = Field(default=None, description="default: the scope the refresh token was granted")
 
     @model_validator(mode="after")
@@ -184,7 +186,7 @@ class OAuth2Config(_Model):
         sources = [self.token_file, self.client_credentials, self.refresh_token]
         problems = _file_problem("token_file", self.token_file)
         if sum(source is not None for source in sources) != 1:
-            problems.append(("token_file", "set exactly one of token_file, client_credentials, refresh_token"))
+            problems.append(("", "set exactly one of token_file, client_credentials or refresh_token"))
         _problems_found("OAuth2Config", problems)
         return self
 
