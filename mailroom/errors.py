@@ -4,7 +4,9 @@
     ├── ConfigError        bad configuration: the CLI prints each problem and exits 2
     ├── ImapError          the IMAP server or the connection to it failed (the watcher reconnects)
     │   └── ImapAuthError  the server refused our credentials (retried with a capped backoff)
-    └── EnqueueError       Redis did not acknowledge a job (the batch stays unmarked and is retried)
+    ├── EnqueueError       Redis did not acknowledge a job (the batch stays unmarked and is retried)
+    ├── TokenError         no OAuth2 access token (endpoint refused the client or grant, or unreachable)
+    └── GraphError         Microsoft Graph failed (the Graph watcher backs off and polls again)
 
 Third-party exceptions are translated where they enter (``raise ... from``), so the rest of the code
 only ever catches these.
@@ -35,3 +37,11 @@ class ImapAuthError(ImapError):
 
 class EnqueueError(MailroomError):
     """Redis did not acknowledge the enqueue of a batch."""
+
+
+class TokenError(MailroomError):
+    """No OAuth2 access token could be had; the message names the endpoint and its error, never a secret."""
+
+
+class GraphError(MailroomError):
+    """A Microsoft Graph request failed (after honouring throttling)."""

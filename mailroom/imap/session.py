@@ -22,8 +22,9 @@ from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 from imapclient.util import to_bytes
 
-from mailroom.config import AfterDeliveryAction, MailboxConfig, Security
-from mailroom.errors import ImapAuthError, ImapError
+from mailroom.config import AfterDeliveryAction, AuthMethod, MailboxConfig, Security
+from mailroom.errors import ImapAuthError, ImapError, TokenError
+from mailroom.oauth2 import OAUTHBEARER, TokenSource, choose_mechanism, token_source_for
 
 SEEN = b"\\Seen"
 DELETED = b"\\Deleted"
@@ -84,8 +85,18 @@ class ImapSession:
         self.capabilities = frozenset(client.capabilities())
 
     @classmethod
-    def open(cls, config: MailboxConfig, password: Callable[[], str] | None = None) -> ImapSession:
-        """Connect, secure, log in and select the folder (read-write)."""
+    def open(
+        cls,
+        config: MailboxConfig,
+        password: Callable[[], str] | None = None,
+        tokens: TokenSource | None = None,
+    ) -> ImapSession:
+        """Connect, secure, log in and select the folder (read-write).
+
+        With ``auth: oauth2`` the login is XOAUTH2 or OAUTHBEARER with a token from ``tokens`` (pass the
+        same source on every reconnect so its cache survives); a refused token is dropped and a fresh
+        one tried once before ImapAuthError.
+        """
         with _translated(f"connect to {config.host}:{config.effective_port}"):
             client = IMAPClient(
                 config.host,
@@ -99,8 +110,11 @@ class ImapSession:
             if config.security is Security.STARTTLS:
                 with _translated("STARTTLS"):
                     client.starttls(tls_context(config))
-            with _translated("login"):
-                client.login(config.username, (password or config.read_password)())
+            if config.auth is AuthMethod.OAUTH2:
+                _oauth2_login(client, config, tokens)
+            else:
+                with _translated("login"):
+                    client.login(config.username, (password or config.read_password)())
             with _translated(f"select {config.folder}"):
                 selected = client.select_folder(config.folder)
             state = FolderState(
@@ -286,6 +300,30 @@ class ImapSession:
             self._client.logout()
         except (imaplib.IMAP4.error, OSError, ValueError):
             _shutdown_quietly(self._client)
+
+
+def _oauth2_login(client: IMAPClient, config: MailboxConfig, tokens: TokenSource | None) -> None:
+    """SASL XOAUTH2 or OAUTHBEARER; on a refusal, invalidate the token and try one fresh token."""
+    assert config.oauth2 is not None and config.username is not None  # by the config validator
+    if tokens is None:
+        tokens = token_source_for(config.name, config.oauth2, timeout=config.timeout)
+    mechanism = choose_mechanism(frozenset(client.capabilities()), config.oauth2.mechanism)
+    for attempt in range(2):
+        try:
+            token = tokens.token()
+        except TokenError as exc:
+            raise ImapAuthError(f"no OAuth2 token: {exc}") from exc
+        try:
+            with _translated(f"login ({mechanism})"):
+                if mechanism == OAUTHBEARER:
+                    client.oauthbearer_login(config.username, token)
+                else:
+                    client.oauth2_login(config.username, token, mech=mechanism)
+            return
+        except ImapAuthError as exc:
+            tokens.invalidate()
+            if attempt == 1:
+                raise ImapAuthError(f"{mechanism} login refused a freshly fetched token: {exc}") from exc
 
 
 def _announces_mail(line: bytes) -> bool:
