@@ -4,20 +4,26 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import structlog
+from rq import Worker
 
 from mailroom import metrics
 from mailroom.config import MailboxConfig, Settings
+from mailroom.health import MARGIN_SECONDS, Check, WatchedMailbox, WatcherProbe, WorkerProbe
 from mailroom.imap.session import FetchedMessage
-from mailroom.imap.watcher import MailboxWatcher, Sink, WatchLimits
+from mailroom.imap.watcher import MailboxWatcher, Sink, WatcherStatus, WatchLimits
 from mailroom.keys import AddressTemplate
+from mailroom.lease import Coordinator
 from mailroom.message import parse_message
-from mailroom.queue import MailQueue, connect
+from mailroom.metrics import QueueCollector
+from mailroom.queue import Enqueued, MailQueue, connect
+from mailroom.rqworker import heartbeat_age
 from mailroom.schema import JobPayload
+from mailroom.web import HealthServer
 
 log = structlog.get_logger("mailroom")
 
@@ -63,6 +69,7 @@ def make_sink(mailbox: MailboxConfig, queue: MailQueue) -> Sink:
         started = time.perf_counter()
         results = queue.enqueue_batch(mailbox, payloads)
         metrics.ENQUEUE_SECONDS.labels(mailbox.name).observe(time.perf_counter() - started)
+        _observe_arrival(mailbox.name, batch, results)
         for result in results:
             payload = result.payload
             event = "message_enqueued" if result.new else "message_already_queued"
@@ -80,6 +87,27 @@ def make_sink(mailbox: MailboxConfig, queue: MailQueue) -> Sink:
             _count(mailbox.name, result.new, payload)
 
     return sink
+
+
+def _observe_arrival(mailbox: str, batch: Sequence[FetchedMessage], results: Sequence[Enqueued]) -> None:
+    """Arrival (INTERNALDATE) to enqueue, for the messages that got a new job and have an INTERNALDATE."""
+    arrived = {m.uid: m.internaldate for m in batch if m.internaldate is not None}
+    now = datetime.now(UTC)
+    for result in results:
+        when = arrived.get(result.payload.uid) if result.new else None  # type: ignore[arg-type]
+        if when is not None:
+            when = when if when.tzinfo else when.replace(tzinfo=UTC)
+            metrics.ARRIVAL_TO_ENQUEUE_SECONDS.labels(mailbox).observe(max(0.0, (now - when).total_seconds()))
+
+
+def _turning(sink: Sink, status: WatcherStatus) -> Sink:
+    """A delivered batch is progress: a long catch-up keeps the watcher's liveness fresh."""
+
+    def turning_sink(batch: Sequence[FetchedMessage]) -> None:
+        sink(batch)
+        status.turn()
+
+    return turning_sink
 
 
 def _count(mailbox: str, new: bool, payload: JobPayload) -> None:
@@ -101,6 +129,13 @@ class Watchers:
 
     watchers: list[MailboxWatcher]
     threads: list[threading.Thread]
+    coordinator: Coordinator | None = None  # with lease_ttl: the watchers come and go with the leases
+
+    def current(self) -> list[MailboxWatcher]:
+        """The watchers running now (with leases: those of the mailboxes this replica holds)."""
+        if self.coordinator is not None:
+            return [h for h in self.coordinator.handles() if isinstance(h, MailboxWatcher)]
+        return list(self.watchers)
 
     def join(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -111,11 +146,68 @@ class Watchers:
 
 def start_watchers(settings: Settings, stop: threading.Event, limits: WatchLimits | None = None) -> Watchers:
     queue = MailQueue(connect(settings.redis_url), settings)
-    watchers = [
-        MailboxWatcher(mailbox, make_sink(mailbox, queue), stop, limits=limits)
-        for mailbox in settings.mailboxes
-    ]
+
+    def make(mailbox: MailboxConfig, stop: threading.Event) -> MailboxWatcher:
+        watcher = MailboxWatcher(mailbox, make_sink(mailbox, queue), stop, limits=limits)
+        watcher.sink = _turning(watcher.sink, watcher.status)
+        return watcher
+
+    if settings.lease_ttl is not None:
+        return _start_leased(settings, queue, make, stop)
+    watchers = [make(mailbox, stop) for mailbox in settings.mailboxes]
     threads = [threading.Thread(target=w.run, name=f"watch-{w.config.name}", daemon=True) for w in watchers]
     for thread in threads:
         thread.start()
     return Watchers(watchers, threads)
+
+
+def _start_leased(
+    settings: Settings,
+    queue: MailQueue,
+    make: Callable[[MailboxConfig, threading.Event], MailboxWatcher],
+    stop: threading.Event,
+) -> Watchers:
+    """Several replicas: watch only the mailboxes whose Redis lease this process holds (mailroom.lease)."""
+    assert settings.lease_ttl is not None
+
+    def start(name: str, mailbox_stop: threading.Event) -> tuple[object, threading.Thread]:
+        watcher = make(settings.mailbox(name), mailbox_stop)
+        thread = threading.Thread(target=watcher.run, name=f"watch-{name}", daemon=True)
+        thread.start()
+        return watcher, thread
+
+    names = [m.name for m in settings.mailboxes]
+    coordinator = Coordinator(queue.connection, names, settings.lease_ttl, start, stop)
+    thread = threading.Thread(target=coordinator.run, name="leases", daemon=True)
+    thread.start()
+    return Watchers([], [thread], coordinator)
+
+
+def serve_watcher_health(settings: Settings, watchers: Watchers, port: int | None = None) -> HealthServer:
+    """The watch process's /healthz, /readyz and /metrics on ``port`` (default: http_port)."""
+    connection = connect(settings.redis_url)
+
+    def watched() -> list[WatchedMailbox]:
+        return [WatchedMailbox(w.config, w.status) for w in watchers.current()]
+
+    def leases() -> list[Check]:
+        coordinator = watchers.coordinator
+        if coordinator is None:
+            return []
+        age = time.monotonic() - coordinator.last_turn
+        bound = coordinator.interval * 2 + MARGIN_SECONDS
+        return [Check("leases", age <= bound, f"last round {age:.0f} s ago (bound {bound:.0f} s)")]
+
+    probe = WatcherProbe(watched, connection, leases)
+    collector = QueueCollector(connection, settings.queues())
+    return HealthServer(port if port is not None else settings.http_port or 0, probe, [collector]).start()
+
+
+def serve_worker_health(settings: Settings, worker: Worker, port: int | None = None) -> HealthServer:
+    """The worker process's /healthz (RQ heartbeat recent), /readyz (Redis PING) and /metrics."""
+    connection = connect(settings.redis_url)
+    probe = WorkerProbe(
+        lambda: heartbeat_age(worker), connection, bound=worker.worker_ttl + 60, started=time.monotonic()
+    )
+    collector = QueueCollector(connection, [q.name for q in worker.queues])
+    return HealthServer(port if port is not None else settings.http_port or 0, probe, [collector]).start()

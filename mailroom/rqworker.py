@@ -1,8 +1,9 @@
-"""The RQ worker classes ``mailroom worker`` runs: RQ's, plus job metrics and a liveness signal.
+"""The RQ worker classes ``mailroom worker`` runs: RQ's, plus job metrics, history and a liveness signal.
 
 RQ's ``Worker`` forks a work horse per job, so counters incremented inside the job would die with the
 horse. These classes count in the parent instead, from the job's status once it has run: succeeded,
-failed (it is in the failed registry) or retried (RQ queued or scheduled it again).
+failed (it is in the failed registry) or retried (RQ queued or scheduled it again); the same outcome
+updates the message's status in ``mailroom history`` (handled, or failed with the error's last line).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from rq import Queue, SimpleWorker, Worker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from mailroom import metrics
+from mailroom import history, metrics
 
 WORKER_TTL = 60  # seconds: RQ heartbeats at least this often while idle (it blocks dequeue_timeout = 45 s)
 
@@ -45,9 +46,11 @@ class _Observed:
         finally:
             metrics.JOB_SECONDS.labels(queue.name).observe(time.perf_counter() - started)
             try:
-                metrics.JOBS.labels(queue.name, outcome(job)).inc()
+                result = outcome(job)
+                record_history(job, result)
             except RedisError:
-                metrics.JOBS.labels(queue.name, "unknown").inc()
+                result = "unknown"
+            metrics.JOBS.labels(queue.name, result).inc()
 
 
 class MailroomWorker(_Observed, Worker):
@@ -66,3 +69,29 @@ def heartbeat_age(worker: Worker) -> float | None:
     if last.tzinfo is None:
         last = last.replace(tzinfo=UTC)
     return max(0.0, time.time() - last.timestamp())
+
+
+_HISTORY = {
+    "succeeded": history.Status.HANDLED,
+    "failed": history.Status.FAILED,
+    "retried": history.Status.FAILED,
+}
+
+
+def record_history(job: Job, result: str) -> None:
+    """The job's new status in `mailroom history` (nothing if the message has no record)."""
+    status = _HISTORY.get(result)
+    if status is None:
+        return
+    error = None
+    if status is history.Status.FAILED:
+        latest = job.latest_result()
+        error = last_line(latest.exc_string) if latest is not None and latest.exc_string else None
+        if result == "retried":
+            error = f"{error or 'failed'} (will be retried)"
+    history.set_status(job.connection, job.id, status, error)
+
+
+def last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""

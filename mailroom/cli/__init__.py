@@ -5,7 +5,10 @@ Each module here adds its subcommands to the group in ``base``; importing them r
 
 from __future__ import annotations
 
-from mailroom.cli import core  # noqa: F401 - registers the commands
+from mailroom.cli import (
+    core,  # noqa: F401 - registers the commands
+    ops,  # noqa: F401 - registers the operators' commands
+)
 from mailroom.cli.base import cli
 
 

@@ -32,16 +32,21 @@ def check_config(ctx: click.Context) -> None:
 @click.pass_context
 def watch(ctx: click.Context) -> None:
     """Watch every configured mailbox and enqueue each new message (until SIGTERM or Ctrl-C)."""
-    from mailroom.app import start_watchers
+    from mailroom import sentry
+    from mailroom.app import serve_watcher_health, start_watchers
 
     settings = load_or_exit(ctx)
     if not settings.mailboxes:
         click.echo("config error: mailboxes: configure at least one mailbox to watch", err=True)
         ctx.exit(2)
+    sentry.init(settings, "watcher")
     stop = threading.Event()
     _stop_on_signals(stop)
     watchers = start_watchers(settings, stop)
+    server = serve_watcher_health(settings, watchers) if settings.http_port is not None else None
     stop.wait()
+    if server is not None:
+        server.stop()
     clean = watchers.join(SHUTDOWN_GRACE_SECONDS)
     ctx.exit(0 if clean else 1)
 
@@ -62,10 +67,13 @@ def _stop_on_signals(stop: threading.Event) -> None:
 @click.pass_context
 def worker(ctx: click.Context, queues: tuple[str, ...], burst: bool) -> None:
     """Run an RQ worker (JSON serializer, with the scheduler for retries) on the mailboxes' queues."""
-    from rq import Queue, Worker
+    from rq import Queue
     from rq.serializers import JSONSerializer
 
+    from mailroom import sentry
+    from mailroom.app import serve_worker_health
     from mailroom.queue import connect
+    from mailroom.rqworker import WORKER_TTL, MailroomWorker
 
     settings = load_or_exit(ctx)
     if ctx.obj["config"]:
@@ -74,7 +82,12 @@ def worker(ctx: click.Context, queues: tuple[str, ...], burst: bool) -> None:
     connection = connect(settings.redis_url)
     names = list(queues) or settings.queues()
     rq_queues = [Queue(name, connection=connection, serializer=JSONSerializer) for name in names]
-    rq_worker = Worker(rq_queues, connection=connection, serializer=JSONSerializer)
+    sentry.init(settings, "worker", with_rq=True)
+    rq_worker = MailroomWorker(
+        rq_queues, connection=connection, serializer=JSONSerializer, worker_ttl=WORKER_TTL
+    )
+    if settings.http_port is not None:
+        serve_worker_health(settings, rq_worker)  # a daemon thread: it ends with the process
     rq_worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level.upper())
 
 

@@ -1,0 +1,114 @@
+"""Errors to Sentry, when a DSN is set (``sentry_dsn`` in the config, or the ``SENTRY_DSN`` variable).
+
+Nothing secret leaves the process: local variables are not sent at all, and ``scrub`` (the
+``before_send`` hook) drops every field whose name says it holds a secret or the message (``raw``,
+``body``, ``password``, ``token`` ...), masks passwords in URLs, and replaces any known secret value
+(the mailboxes' passwords, the webhook key) wherever it appears. The mailbox, reply key and Message-ID
+are copied from the RQ job to tags (before scrubbing) so an error can be found from its message.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import Any, cast
+
+import sentry_sdk
+
+from mailroom.config import Settings, read_secret_file
+
+FILTERED = "[Filtered]"
+_SECRET_NAMES = re.compile(
+    r"password|passwd|secret|token|authorization|cookie|api_?key|dsn|credential|raw|body", re.IGNORECASE
+)
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]+@", re.IGNORECASE)
+
+Event = dict[str, Any]
+
+
+def scrub(event: Event, secrets: Iterable[str] = ()) -> Event:
+    """The event with secrets and message contents removed (pure; the hook calls it)."""
+    values = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+    cleaned: Event = _clean(event, values)
+    return cleaned
+
+
+def _clean(value: Any, secrets: list[str]) -> Any:
+    if isinstance(value, dict):
+        return {
+            key: FILTERED if isinstance(key, str) and _SECRET_NAMES.search(key) else _clean(item, secrets)
+            for key, item in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [_clean(item, secrets) for item in value]
+    if isinstance(value, str):
+        text = _URL_PASSWORD.sub(r"\g<scheme>\g<user>:" + FILTERED + "@", value)
+        for secret in secrets:
+            text = text.replace(secret, FILTERED)
+        return text
+    if isinstance(value, (bytes, bytearray)):
+        return FILTERED  # message bytes, or something like them
+    return value
+
+
+def known_secrets(settings: Settings) -> list[str]:
+    """The secret values this configuration can put in memory (read now; rotated ones are re-read)."""
+    found = []
+    for mailbox in settings.mailboxes:
+        try:
+            found.append(mailbox.read_password())
+        except OSError:
+            pass
+        if mailbox.webhook is not None:
+            try:
+                found.append(read_secret_file(mailbox.webhook.secret_file))
+            except OSError:
+                pass
+    if settings.sentry_dsn is not None:
+        found.append(settings.sentry_dsn.get_secret_value())
+    return found
+
+
+def before_send(settings: Settings) -> Callable[[Event, Any], Event | None]:
+    def hook(event: Event, hint: Any) -> Event | None:
+        return scrub(tag_job(event), known_secrets(settings))
+
+    return hook
+
+
+def init(settings: Settings, component: str, with_rq: bool = False, **options: Any) -> bool:
+    """Start the Sentry client if a DSN is configured (config or SENTRY_DSN). True when it is on."""
+    integrations: list[Any] = []
+    if with_rq:
+        from sentry_sdk.integrations.rq import RqIntegration
+
+        integrations.append(RqIntegration())
+    dsn = settings.sentry_dsn.get_secret_value() if settings.sentry_dsn is not None else None
+    sentry_sdk.init(
+        dsn=dsn,  # None: sentry_sdk reads SENTRY_DSN itself, and stays off without it
+        before_send=cast(Any, before_send(settings)),
+        include_local_variables=False,
+        send_default_pii=False,
+        max_request_body_size="never",
+        integrations=integrations,
+        **options,
+    )
+    sentry_sdk.set_tag("component", component)
+    return sentry_sdk.get_client().is_active()
+
+
+def tag_job(event: Event) -> Event:
+    """Copy the mailbox, reply key, Message-ID and job id of the RQ job (RQ integration's extra) to tags."""
+    job = (event.get("extra") or {}).get("rq-job") or {}
+    args = job.get("args") or []
+    payload = args[0] if args and isinstance(args[0], dict) else {}
+    tags = dict(event.get("tags") or {})
+    for tag, value in (
+        ("mailbox", payload.get("mailbox")),
+        ("reply_key", payload.get("key")),
+        ("message_id", payload.get("message_id")),
+        ("job_id", job.get("job_id")),
+    ):
+        if isinstance(value, str) and value:
+            tags[tag] = value[:200]
+    return {**event, "tags": tags}
