@@ -14,9 +14,10 @@ from rq import get_current_job
 
 from mailroom.config import Settings, load_settings
 from mailroom.schema import JobPayload, PayloadError
-from workers.errors import PermanentHandlerError
+from workers.errors import PermanentHandlerError, RejectMessage
 from workers.incoming import IncomingEmail
 from workers.registry import Handler, HandlerNotFound, handler_for
+from workers.rejections import reject
 
 log = structlog.get_logger("mailroom.worker")
 
@@ -48,13 +49,23 @@ def handle_email(data: dict[str, Any]) -> dict[str, Any]:
         job_id=job.id if job else None,
     )
     if payload.truncated:
+        reject(settings(), payload, "too_large")
         _permanent(f"message too large ({payload.size} bytes): parked with its header only")
+    if payload.key is None and _rejects_keyless():
+        # Only when configured: a keyless message is answered and parked instead of handled.
+        reject(settings(), payload, "no_key")
+        _permanent("rejected: no reply key found in the message")
     try:
         handler = _handler(payload.mailbox)
     except (KeyError, HandlerNotFound) as exc:
         _permanent(f"no handler for mailbox {payload.mailbox!r}: {exc}")
     try:
         result = handler(email)
+    except RejectMessage as exc:
+        jlog.warning("handler_rejected", reason=exc.reason)
+        reject(settings(), payload, exc.reason, exc.detail)
+        _no_retry()
+        raise
     except PermanentHandlerError as exc:
         jlog.warning("handler_failed_permanently", error=str(exc))
         _no_retry()
@@ -64,6 +75,11 @@ def handle_email(data: dict[str, Any]) -> dict[str, Any]:
         raise
     jlog.info("email_handled", handler=settings().mailbox(payload.mailbox).handler)
     return {"handled": True, "result": result if isinstance(result, (str, int, float, bool)) else None}
+
+
+def _rejects_keyless() -> bool:
+    rejections = settings().rejections
+    return rejections.enabled and "no_key" in rejections.reasons
 
 
 def _no_retry() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from mailroom.cli import (
     core,  # noqa: F401 - registers the commands
     ops,  # noqa: F401 - registers the operators' commands
+    provider,  # noqa: F401 - registers the commands
 )
 from mailroom.cli.base import cli
 
