@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from mailroom.config import MailboxConfig, Settings, WebhookConfig, load_settings
+from mailroom.config import (
+    DomainCheckConfig,
+    MailboxConfig,
+    ProviderConfig,
+    RejectionsConfig,
+    Settings,
+    SmtpConfig,
+    WebhookConfig,
+    load_settings,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "config" / "mailroom.example.yml"
@@ -40,6 +49,7 @@ def test_example_loads(in_tmp_with_secrets: Path) -> None:
 def test_example_documents_every_field() -> None:
     text = EXAMPLE.read_text()
     models: list[type[BaseModel]] = [Settings, MailboxConfig, WebhookConfig]
+    models += [ProviderConfig, SmtpConfig, RejectionsConfig, DomainCheckConfig]
     missing = [
         f"{model.__name__}.{name}"
         for model in models
