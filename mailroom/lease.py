@@ -7,7 +7,8 @@ A replica that cannot renew a lease stops watching that mailbox before the lease
 
 Spreading: each replica announces itself in ``mailroom:replicas`` (a sorted set scored by expiry) and holds
 at most ceil(mailboxes / replicas alive) leases, so N replicas share the mailboxes instead of the first
-one taking them all. The idempotent enqueue guard stays the safety net for the moments of overlap.
+one taking them all; a replica over its share (another one joined) hands one mailbox over per round.
+The idempotent enqueue guard stays the safety net for the moments of overlap.
 """
 
 from __future__ import annotations
@@ -128,6 +129,13 @@ class Coordinator:
         if alive is None:
             return
         share = math.ceil(len(self.mailboxes) / max(1, alive))
+        if len(self.held) > share:
+            # A replica joined: hand one mailbox over per round (the newcomer takes it), so the
+            # mailboxes spread without every one of them changing hands at once.
+            name = sorted(self.held)[-1]
+            log.info("lease_handed_over", mailbox=name, held=len(self.held), share=share)
+            self._end(name, release=True)
+            return
         free = [m for m in self.mailboxes if m not in self.held]
         random.shuffle(free)  # replicas starting together do not all race for the same one first
         for name in free:

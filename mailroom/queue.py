@@ -10,6 +10,7 @@ and a job is never written twice. A concurrent writer touching one of the guards
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -80,7 +81,14 @@ def guard_key(payload: JobPayload) -> str:
 
 
 def job_id_for(payload: JobPayload) -> str:
-    """A deterministic, readable RQ job id: ``support-1712-42`` for IMAP UID 42 of UIDVALIDITY 1712."""
+    """A deterministic, readable RQ job id: ``support-1712-42`` for IMAP UID 42 of UIDVALIDITY 1712.
+
+    Other sources' ids (a Graph immutable id: ~150 characters of base64 with ``=``) are hashed: RQ takes
+    only letters, digits, ``_`` and ``-``, and replacing the rest could make two ids one.
+    """
+    if payload.source != "imap":
+        digest = hashlib.sha256(str(payload.uid).encode()).hexdigest()[:32]
+        return _UNSAFE_ID_CHARS.sub("_", f"{payload.mailbox}-{payload.source}-{digest}")
     return _UNSAFE_ID_CHARS.sub("_", f"{payload.mailbox}-{source_id(payload).replace(':', '-')}")
 
 
