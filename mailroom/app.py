@@ -7,19 +7,24 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 
 import structlog
 from rq import Worker
 
 from mailroom import metrics
-from mailroom.config import MailboxConfig, Settings
+from mailroom.config import AuthMethod, MailboxConfig, MailboxKind, OAuth2Config, Settings
+from mailroom.graph.client import GraphClient, GraphMessage
+from mailroom.graph.state import RedisDeltaStore
+from mailroom.graph.watcher import GraphWatcher
 from mailroom.health import MARGIN_SECONDS, Check, WatchedMailbox, WatcherProbe, WorkerProbe
-from mailroom.imap.session import FetchedMessage
+from mailroom.imap.session import FetchedMessage, ImapSession
 from mailroom.imap.watcher import MailboxWatcher, Sink, WatcherStatus, WatchLimits
 from mailroom.keys import AddressTemplate
 from mailroom.lease import Coordinator
 from mailroom.message import parse_message
 from mailroom.metrics import QueueCollector
+from mailroom.oauth2 import token_source_for
 from mailroom.queue import Enqueued, MailQueue, connect
 from mailroom.rqworker import heartbeat_age
 from mailroom.schema import JobPayload
@@ -27,10 +32,13 @@ from mailroom.web import HealthServer
 
 log = structlog.get_logger("mailroom")
 
+# What a watcher hands its sink: IMAP's FetchedMessage or Graph's GraphMessage (same fields).
+Fetched = FetchedMessage | GraphMessage
+AnySink = Callable[[Sequence[Fetched]], None]
+AnyWatcher = MailboxWatcher | GraphWatcher
 
-def to_payload(
-    mailbox: str, message: FetchedMessage, template: AddressTemplate, source: str = "imap"
-) -> JobPayload:
+
+def to_payload(mailbox: str, message: Fetched, template: AddressTemplate, source: str = "imap") -> JobPayload:
     """Parse the header (never raises) and build the job payload around the untouched bytes."""
     parsed = parse_message(message.raw, template)
     parse_error = parsed.parse_error
@@ -59,13 +67,14 @@ def to_payload(
     )
 
 
-def make_sink(mailbox: MailboxConfig, queue: MailQueue) -> Sink:
+def make_sink(mailbox: MailboxConfig, queue: MailQueue) -> AnySink:
     """The watcher's sink for one mailbox: parse, enqueue (raises EnqueueError), log one line each."""
     template = AddressTemplate.parse(mailbox.address)
     mlog = log.bind(mailbox=mailbox.name)
+    source = "graph" if mailbox.kind is MailboxKind.GRAPH else "imap"
 
-    def sink(batch: Sequence[FetchedMessage]) -> None:
-        payloads = [to_payload(mailbox.name, message, template) for message in batch]
+    def sink(batch: Sequence[Fetched]) -> None:
+        payloads = [to_payload(mailbox.name, message, template, source) for message in batch]
         started = time.perf_counter()
         results = queue.enqueue_batch(mailbox, payloads)
         metrics.ENQUEUE_SECONDS.labels(mailbox.name).observe(time.perf_counter() - started)
@@ -89,7 +98,7 @@ def make_sink(mailbox: MailboxConfig, queue: MailQueue) -> Sink:
     return sink
 
 
-def _observe_arrival(mailbox: str, batch: Sequence[FetchedMessage], results: Sequence[Enqueued]) -> None:
+def _observe_arrival(mailbox: str, batch: Sequence[Fetched], results: Sequence[Enqueued]) -> None:
     """Arrival (INTERNALDATE) to enqueue, for the messages that got a new job and have an INTERNALDATE."""
     arrived = {m.uid: m.internaldate for m in batch if m.internaldate is not None}
     now = datetime.now(UTC)
@@ -127,14 +136,14 @@ def _count(mailbox: str, new: bool, payload: JobPayload) -> None:
 class Watchers:
     """The running watcher threads of one process."""
 
-    watchers: list[MailboxWatcher]
+    watchers: list[AnyWatcher]
     threads: list[threading.Thread]
     coordinator: Coordinator | None = None  # with lease_ttl: the watchers come and go with the leases
 
-    def current(self) -> list[MailboxWatcher]:
+    def current(self) -> list[AnyWatcher]:
         """The watchers running now (with leases: those of the mailboxes this replica holds)."""
         if self.coordinator is not None:
-            return [h for h in self.coordinator.handles() if isinstance(h, MailboxWatcher)]
+            return [h for h in self.coordinator.handles() if isinstance(h, MailboxWatcher | GraphWatcher)]
         return list(self.watchers)
 
     def join(self, timeout: float) -> bool:
@@ -147,8 +156,15 @@ class Watchers:
 def start_watchers(settings: Settings, stop: threading.Event, limits: WatchLimits | None = None) -> Watchers:
     queue = MailQueue(connect(settings.redis_url), settings)
 
-    def make(mailbox: MailboxConfig, stop: threading.Event) -> MailboxWatcher:
-        watcher = MailboxWatcher(mailbox, make_sink(mailbox, queue), stop, limits=limits)
+    def make(mailbox: MailboxConfig, stop: threading.Event) -> AnyWatcher:
+        if mailbox.kind is MailboxKind.GRAPH:
+            return _graph_watcher(mailbox, queue, stop)
+        open_session = ImapSession.open
+        if mailbox.auth is AuthMethod.OAUTH2 and mailbox.oauth2 is not None:
+            # one token source per mailbox, kept across reconnects so its cached token is reused
+            tokens = token_source_for(mailbox.name, mailbox.oauth2, timeout=mailbox.timeout)
+            open_session = partial(ImapSession.open, tokens=tokens)
+        watcher = MailboxWatcher(mailbox, make_sink(mailbox, queue), stop, open_session, limits=limits)
         watcher.sink = _turning(watcher.sink, watcher.status)
         return watcher
 
@@ -161,10 +177,23 @@ def start_watchers(settings: Settings, stop: threading.Event, limits: WatchLimit
     return Watchers(watchers, threads)
 
 
+def _graph_watcher(mailbox: MailboxConfig, queue: MailQueue, stop: threading.Event) -> GraphWatcher:
+    """A Microsoft Graph mailbox: client-credentials tokens, delta link in Redis."""
+    assert mailbox.graph is not None
+    graph = mailbox.graph
+    tokens = token_source_for(
+        mailbox.name, OAuth2Config(client_credentials=graph.client_credentials()), timeout=mailbox.timeout
+    )
+    client = GraphClient(mailbox, tokens, stop.wait)
+    return GraphWatcher(
+        mailbox, make_sink(mailbox, queue), stop, client, RedisDeltaStore(queue.connection, mailbox)
+    )
+
+
 def _start_leased(
     settings: Settings,
     queue: MailQueue,
-    make: Callable[[MailboxConfig, threading.Event], MailboxWatcher],
+    make: Callable[[MailboxConfig, threading.Event], AnyWatcher],
     stop: threading.Event,
 ) -> Watchers:
     """Several replicas: watch only the mailboxes whose Redis lease this process holds (mailroom.lease)."""

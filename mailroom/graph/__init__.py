@@ -1,0 +1,2 @@
+"""Microsoft Graph mailboxes: delta-query polling with immutable ids (client), the watcher, the delta
+link kept in Redis (state)."""
