@@ -88,7 +88,6 @@ def init(settings: Settings, component: str, with_rq: bool = False, **options: A
         dsn=dsn,  # None: sentry_sdk reads SENTRY_DSN itself, and stays off without it
         before_send=cast(Any, before_send(settings)),
         include_local_variables=False,
-        send_default_pii=False,
         max_request_body_size="never",
         integrations=integrations,
         **options,
