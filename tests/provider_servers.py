@@ -52,7 +52,7 @@ class SmtpRecorder:
     username: str = "mailer"
     password: str = "smtp-secret"
     received: list[tuple[str, list[str], EmailMessage]] = field(default_factory=list)
-    auth_failures: int = 0
+    failed_logins: int = 0
 
     async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
         content = envelope.original_content or b""
@@ -70,8 +70,8 @@ class SmtpRecorder:
             and data.password.decode() == self.password
         )
         if not ok:
-            self.auth_failures += 1
-        return AuthResult(success=ok)
+            self.failed_logins += 1
+        return AuthResult(success=ok, handled=False)  # handled=False: aiosmtpd answers 535 itself
 
 
 @dataclass
@@ -171,3 +171,15 @@ def json_server(answers: dict[str, Any]) -> Iterator[JsonServer]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def rejecting_handler(email: Any) -> str:
+    """A handler for the rejection tests: key "unknown" is an unknown conversation, "blocked" a sender
+    the application does not allow; anything else is handled."""
+    from workers.errors import RejectMessage
+
+    if email.key == "unknown":
+        raise RejectMessage("unknown_key")
+    if email.key == "blocked":
+        raise RejectMessage("sender_not_allowed", "Only project members can reply.")
+    return "ok"
