@@ -29,8 +29,11 @@ class RedisServer:
     which is what reconnect tests need.
     """
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, persistent: bool = False) -> None:
         self.workdir = Path(workdir)
+        # persistent: an append-only file fsynced on every write, so a SIGKILL loses no acknowledged
+        # write (the production setup the reliability promises assume); data survives restart().
+        self.persistent = persistent
         self._port_given = port is not None
         self.port = port if port is not None else free_port()
         self.log_path = self.workdir / "redis.log"
@@ -73,12 +76,15 @@ class RedisServer:
 
     def _start_once(self) -> None:
         self.log_path.write_text("")
+        aof = ["--appendonly", "no"]
+        if self.persistent:
+            aof = ["--appendonly", "yes", "--appendfsync", "always"]
         cmd = [
             redis_server_binary(),
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
-            "--appendonly", "no",
+            *aof,
             "--dir", str(self.workdir),
             "--daemonize", "no",
             "--logfile", str(self.log_path),
@@ -127,7 +133,7 @@ class RedisServer:
         self._terminate(signal.SIGKILL)
 
     def restart(self) -> Self:
-        """Stop (if running) and start again on the same port; data is lost (no persistence)."""
+        """Stop (if running) and start again on the same port; data is lost unless ``persistent``."""
         self.stop()
         self._start_once()
         return self
