@@ -63,7 +63,7 @@ def message(i: int, key: str | None = None) -> bytes:
     kind = KINDS[i % len(KINDS)]
     quote = "\r\n".join("> " + line for line in _prose(rng, 900).split("\r\n"))
     if kind == "non_ascii":
-        subject = Header(f"Re: Überprüfung fehlgeschlagen – ошибка сборки #{i}", "utf-8").encode()
+        subject = Header(f"Re: Überprüfung fehlgeschlagen – ошибка сборки #{i}", "utf-8").encode()  # noqa: RUF001
         sender = f"{Header('Zoë Ångström', 'utf-8').encode()} <zoe@example.org>"
     else:
         subject = f"Re: Build #{i} failed"
@@ -71,7 +71,13 @@ def message(i: int, key: str | None = None) -> bytes:
     head = _headers(i, key, subject, sender)
     if kind in ("plain", "non_ascii"):
         body = f"{_prose(rng, 2200)}\r\n\r\nOn Tue, 14 May 2024 at 10:00, App wrote:\r\n{quote}\r\n"
-        parts = [*head, "Content-Type: text/plain; charset=utf-8", "Content-Transfer-Encoding: 8bit", "", body]
+        parts = [
+            *head,
+            "Content-Type: text/plain; charset=utf-8",
+            "Content-Transfer-Encoding: 8bit",
+            "",
+            body,
+        ]
     elif kind == "attachment":
         blob = base64.encodebytes(rng.randbytes(1200)).decode().replace("\n", "\r\n")
         boundary = f"=_bench_{i}"

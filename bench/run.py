@@ -41,7 +41,7 @@ class Plan:
     big_size: int = 25 * MIB
     scaling_done: tuple[int, ...] = (0, 10_000, 100_000)
     scaling_new: int = 1_000
-    worker_jobs: int = 1_000
+    worker_jobs: int = 300
     worker_processes: tuple[int, ...] = (1, 2)
     only: tuple[str, ...] = field(default=("drain", "idle", "big", "scaling", "workers"))
 
@@ -54,7 +54,7 @@ QUICK = Plan(
     big_size=5 * MIB,
     scaling_done=(0, 10_000),
     scaling_new=500,
-    worker_jobs=200,
+    worker_jobs=60,
 )
 CONTENDERS = ("mailroom", "raw")
 
@@ -191,6 +191,10 @@ def _fmt(stats: dict[str, float] | None, scale: float = 1.0, digits: int = 0) ->
     return f"{m:,.{digits}f} [{lo:,.{digits}f}-{hi:,.{digits}f}]"
 
 
+def _rss_pair(summary: dict[str, dict[str, float]]) -> str:
+    return f"{summary['steady_rss']['median'] / MB:.1f} / {summary['peak_rss']['median'] / MB:.1f}"
+
+
 def table(results: dict[str, Any], plan: Plan) -> str:
     lines = [f"median [min-max] of {plan.rounds} round(s); ratios pair by pair within a round", ""]
 
@@ -206,30 +210,47 @@ def table(results: dict[str, Any], plan: Plan) -> str:
         m, raw = s.get("mailroom"), s.get("raw")
         if name.startswith("drain_"):
             section(f"1. Backlog drain, N = {name[6:]} messages of ~4 KB (from IMAP login)")
-            for key, label in (("queued_per_s", "msgs/s until all queued"), ("marked_per_s", "msgs/s until all marked")):
+            for key, label in (
+                ("queued_per_s", "msgs/s until all queued"),
+                ("marked_per_s", "msgs/s until all marked"),
+            ):
                 row(label, _fmt(m[key]), _fmt(raw[key]), _fmt(ratios[key], digits=2))
-            row("peak RSS, MB", _fmt(m["peak_rss"], MB), _fmt(raw["peak_rss"], MB), _fmt(ratios["peak_rss"], digits=2))
+            row(
+                "peak RSS, MB",
+                _fmt(m["peak_rss"], MB),
+                _fmt(raw["peak_rss"], MB),
+                _fmt(ratios["peak_rss"], digits=2),
+            )
             row("steady RSS after, MB", _fmt(m["steady_rss"], MB), _fmt(raw["steady_rss"], MB))
         elif name == "idle":
             n = data["runs"]["mailroom"][0]["n"]
-            section(f"2. IDLE latency, APPEND -> job in Redis, {n} messages 50 ms apart (ms)", third="mailroom-raw")
+            section(
+                f"2. IDLE latency, APPEND -> job in Redis, {n} messages 50 ms apart (ms)",
+                third="mailroom-raw",
+            )
             for key in ("p50_ms", "p90_ms", "p99_ms", "max_ms"):
                 diff = ratios.get(f"{key}_minus_raw")
                 row(key.replace("_ms", ""), _fmt(m[key]), _fmt(raw[key]), _fmt(diff) if diff else "")
             row("missed wake-ups (>1.5 s)", _fmt(m["missed_wakeups"]), _fmt(raw["missed_wakeups"]))
-            row("steady / peak RSS, MB", f"{m['steady_rss']['median'] / MB:.1f} / {m['peak_rss']['median'] / MB:.1f}",
-                f"{raw['steady_rss']['median'] / MB:.1f} / {raw['peak_rss']['median'] / MB:.1f}")  # fmt: skip
+            row("steady / peak RSS, MB", _rss_pair(m), _rss_pair(raw))
         elif name == "big":
             size = data["runs"]["mailroom"][0]["size"]
             section(f"3. One {size / MIB:.0f} MiB message: RSS (MB)")
             row("steady before", _fmt(m["steady_rss"], MB, 1), _fmt(raw["steady_rss"], MB, 1))
             row("peak", _fmt(m["peak_rss"], MB, 1), _fmt(raw["peak_rss"], MB, 1))
             row("peak - steady", _fmt(m["above_steady"], MB, 1), _fmt(raw["above_steady"], MB, 1))
-            row("(peak - steady) / size", _fmt(m["above_steady_x_size"], digits=2), _fmt(raw["above_steady_x_size"], digits=2))
+            row(
+                "(peak - steady) / size",
+                _fmt(m["above_steady_x_size"], digits=2),
+                _fmt(raw["above_steady_x_size"], digits=2),
+            )
         elif name.startswith("scaling_"):
             if name == next(k for k in results if k.startswith("scaling_")):
                 n = data["runs"]["mailroom"][0]["n"]
-                section(f"4. Scaling: µs per message to drain {n} new into a mailbox of D done", third="mailroom/raw")
+                section(
+                    f"4. Scaling: µs per message to drain {n} new into a mailbox of D done",
+                    third="mailroom/raw",
+                )
             row(f"D = {name[8:]}: until marked", _fmt(m["marked_us_per_msg"]), _fmt(raw["marked_us_per_msg"]),
                 _fmt(ratios["per_msg_vs_raw"], digits=2))  # fmt: skip
             row("   vs D = 0", _fmt(ratios["mailroom_per_msg_vs_empty"], digits=2),
@@ -239,8 +260,8 @@ def table(results: dict[str, Any], plan: Plan) -> str:
             if name == next(k for k in results if k.startswith("workers_")):
                 n = data["runs"]["mailroom"][0]["n"]
                 section(f"5. Workers: jobs/s, {n} jobs, burst", "mailroom (log)", "rq no-op", "mailroom/rq")
-            row(f"{procs} worker process(es)", _fmt(s["mailroom"]["jobs_per_s"]), _fmt(s["rq_noop"]["jobs_per_s"]),
-                _fmt(ratios["jobs_per_s"], digits=2))  # fmt: skip
+            mailroom_rate, rq_rate = _fmt(s["mailroom"]["jobs_per_s"]), _fmt(s["rq_noop"]["jobs_per_s"])
+            row(f"{procs} worker process(es)", mailroom_rate, rq_rate, _fmt(ratios["jobs_per_s"], digits=2))
     return "\n".join(lines)
 
 
@@ -263,7 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mailroom-bench-") as tmp:
         root = Path(tmp)
-        with RedisServer(root / "redis") as redis_server, Dovecot(root / "dovecot", users={"bench": "bench"}) as dovecot:
+        with (
+            RedisServer(root / "redis") as redis_server,
+            Dovecot(root / "dovecot", users={"bench": "bench"}) as dovecot,
+        ):
             stack = scenarios.Stack(dovecot, redis_server, root)
             results = run(plan, stack, lambda line: print(f"[bench] {line}", file=sys.stderr, flush=True))
     info["load_average_at_end"] = list(os.getloadavg())

@@ -29,7 +29,7 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from bench import messages
-from bench.drain import MAILROOM_QUEUE, REPO, Contender, Target, mailroom_argv, mailroom_config, start
+from bench.drain import REPO, Contender, Target, mailroom_argv, mailroom_config, start
 from devstack import Dovecot, RedisServer
 
 POLL = 0.002
@@ -196,7 +196,7 @@ class _Arrivals:
         self._redis = stack.redis
         self._redis.config_set("notify-keyspace-events", "Kl")
         self._key = key
-        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         self._pubsub.subscribe(f"__keyspace@0__:{key}")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._listen, daemon=True)
@@ -349,7 +349,16 @@ def workers(stack: Stack, kind: str, processes: int, n: int) -> dict[str, Any]:
         rq_queue = Queue(NOOP_QUEUE, connection=connection, serializer=JSONSerializer)
         jobs = rq_queue.enqueue_many([Queue.prepare_data("bench.noop.noop") for _ in range(n)])
         job_ids = [job.id for job in jobs]
-        argv = [sys.executable, "-m", "rq.cli", "worker", "--burst", "--with-scheduler", "--serializer", "json"]
+        argv = [
+            sys.executable,
+            "-m",
+            "rq.cli",
+            "worker",
+            "--burst",
+            "--with-scheduler",
+            "--serializer",
+            "json",
+        ]
         argv += ["--url", stack.redis_server.url, "--path", str(REPO), NOOP_QUEUE]
     logs = [stack.workdir / f"worker-{kind}-{i}.log" for i in range(processes)]
     procs = []
