@@ -6,7 +6,7 @@ ARGS ?=
 STAMP := .run/install.stamp
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: help install system-packages fmt lint typecheck test demo compose-check
+.PHONY: help install system-packages fmt lint typecheck test demo compose-check bench
 
 help:
 	@echo "make demo           run the whole pipeline locally (ARGS=--once to stop after the sample)"
@@ -56,6 +56,10 @@ test: system-packages $(STAMP)
 
 demo: system-packages $(STAMP)
 	$(PYTHON) -m devstack.demo $(ARGS)
+
+# mailroom against a raw imapclient lower bound on private servers (ARGS=--quick for a one-minute run).
+bench: system-packages $(STAMP)
+	$(PYTHON) -m bench.run $(ARGS)
 
 # Validate docker-compose.yml with whichever compose client exists; without one, the unit test checks
 # its structure and the config it mounts.
