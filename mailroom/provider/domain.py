@@ -21,8 +21,8 @@ import dns.resolver
 from mailroom.config import DomainCheckConfig
 
 TRACKING_WARNING = (
-    "warning: {host} points at the provider for click/open tracking. Register {host} with the provider "
-    "as a sending domain too, or someone else could claim it there and receive mail for it."
+    "warning: {host} exists (the click/open tracking CNAME). Register {host} with the provider as a "
+    "sending domain too, or someone else could claim it there and receive mail for it."
 )
 
 
