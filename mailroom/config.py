@@ -370,7 +370,7 @@ class ProviderConfig(_Model):
     temporary_failure_window: int = Field(default=24 * 3600, gt=0, description="seconds")
     max_body_bytes: int = Field(default=256 * 1024, gt=0)
     request_timeout: float = Field(default=10.0, gt=0, description="seconds to receive a request body")
-    api_key: SecretStr | None = Field(default=None, description="Mailgun API key: enables the stats collector")
+    api_key: SecretStr | None = Field(default=None, description="Mailgun API key: enables stats collection")
     api_key_file: Path | None = None
     api_base: str = "https://api.mailgun.net"
     stats_domains: tuple[str, ...] = ()
