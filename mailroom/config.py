@@ -244,6 +244,9 @@ class MailboxConfig(_Model):
     address: str = DEFAULT_ADDRESS
     queue: str = DEFAULT_QUEUE
     handler: str = Field(default="log", description="log, webhook, or an import string module:callable")
+    auto_replies: Literal["skip", "deliver"] = Field(
+        default="skip", description="skip: auto-replies and bounces are recorded but never reach the handler"
+    )
     webhook: WebhookConfig | None = None
     after_delivery: str = "seen"
     idle_timeout: float = Field(default=300.0, gt=0, le=MAX_IDLE_TIMEOUT)

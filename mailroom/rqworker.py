@@ -83,6 +83,8 @@ def record_history(job: Job, result: str) -> None:
     status = _HISTORY.get(result)
     if status is None:
         return
+    if status is history.Status.HANDLED and _skipped(job):
+        status = history.Status.SKIPPED
     error = None
     if status is history.Status.FAILED:
         latest = job.latest_result()
@@ -90,6 +92,11 @@ def record_history(job: Job, result: str) -> None:
         if result == "retried":
             error = f"{error or 'failed'} (will be retried)"
     history.set_status(job.connection, job.id, status, error)
+
+
+def _skipped(job: Job) -> bool:
+    value = job.return_value()
+    return isinstance(value, dict) and value.get("skipped") == "auto_reply"
 
 
 def last_line(text: str) -> str:

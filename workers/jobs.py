@@ -55,6 +55,9 @@ def handle_email(data: dict[str, Any]) -> dict[str, Any]:
         # Only when configured: a keyless message is answered and parked instead of handled.
         reject(settings(), payload, "no_key")
         _permanent("rejected: no reply key found in the message")
+    if (payload.auto_reply or payload.bounce) and _skips_auto_replies(payload.mailbox):
+        jlog.info("email_skipped", reason="bounce" if payload.bounce else "auto_reply")
+        return {"handled": False, "skipped": "auto_reply"}
     try:
         handler = _handler(payload.mailbox)
     except (KeyError, HandlerNotFound) as exc:
@@ -75,6 +78,13 @@ def handle_email(data: dict[str, Any]) -> dict[str, Any]:
         raise
     jlog.info("email_handled", handler=settings().mailbox(payload.mailbox).handler)
     return {"handled": True, "result": result if isinstance(result, (str, int, float, bool)) else None}
+
+
+def _skips_auto_replies(mailbox: str) -> bool:
+    try:
+        return settings().mailbox(mailbox).auto_replies == "skip"
+    except KeyError:
+        return True  # no such mailbox (an injected message?): never answer an auto-reply
 
 
 def _rejects_keyless() -> bool:
