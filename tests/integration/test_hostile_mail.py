@@ -1,0 +1,115 @@
+"""Hostile and oversized mail through real Dovecot and Redis: every message is queued with the bytes the
+server holds, nothing escapes the parser, and an oversized message is parked with its header only."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import pytest
+from prometheus_client import REGISTRY
+from rq.job import Job
+from rq.registry import FailedJobRegistry
+from rq.serializers import JSONSerializer
+
+from devstack import append_messages, count, make_message
+from devstack.mailbox import connect
+from tests.chaos.harness import drain, imap
+from tests.support import handled, mailbox_config, queue, use_config, wait_for, watching, write_config
+
+pytestmark = pytest.mark.integration
+
+
+def _hostile() -> dict[str, bytes]:
+    to = b"To: incoming+hostile@example.com\r\n"
+    deep = [b"From: a@b.c\r\n" + to]
+    for level in range(2000):
+        deep.append(b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (level, level))
+    deep.append(b"Content-Type: text/plain\r\n\r\ninnermost\r\n")
+    deep += [b"--b%d--\r\n" % level for level in reversed(range(2000))]
+    huge = base64.encodebytes(os.urandom(6 * 1024 * 1024)).replace(b"\n", b"\r\n")
+    return {
+        "random bytes": os.urandom(3000).replace(b"\x00", b"\x01"),
+        "nul bytes": to + b"Subject: a\x00b\r\n\r\nbody\x00with\x00nuls\r\n",
+        "truncated mime": to + b'Content-Type: multipart/mixed; boundary="x"\r\n\r\n--x\r\nContent-Type: te',
+        "bad charsets": to
+        + b"Subject: =?x-unknown?B?////?= =?utf-8?Q?=FF=FE?=\r\n"
+        + b"Content-Type: text/plain; charset=rot13\r\n\r\n\xff\xfe\xfd\r\n",
+        "ten thousand headers": b"".join(b"X-H-%d: v\r\n" % i for i in range(10_000)) + to + b"\r\nx\r\n",
+        "one megabyte header line": to + b"Subject: " + b"=?utf-8?q?a?= (<for " * 50_000 + b"\r\n\r\nx\r\n",
+        "deep multipart nesting": b"".join(deep),
+        "huge base64 part": to
+        + b'Content-Type: multipart/mixed; boundary="z"\r\n\r\n--z\r\n'
+        + b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        + huge
+        + b"\r\n--z--\r\n",
+    }
+
+
+def _server_bytes(account) -> dict[int, bytes]:
+    """What the server holds (Dovecot stores a NUL as 0x80, for example), read without marking."""
+    with connect(account.host, account.port, account.username, account.password) as client:
+        client.select_folder("INBOX", readonly=True)
+        data = client.fetch(client.search(["ALL"]), ["BODY.PEEK[]"])
+    return {uid: item[b"BODY[]"] for uid, item in data.items()}
+
+
+@pytest.mark.timeout(180)
+def test_hostile_messages_are_queued_with_their_raw_bytes_and_handled(
+    imap_account, redis_url, tmp_path, monkeypatch
+):
+    hostile = _hostile()
+    append_messages(*imap(imap_account), list(hostile.values()))
+    held = _server_bytes(imap_account)
+    assert len(held) == len(hostile)
+    settings = use_config(
+        monkeypatch, write_config(tmp_path / "c.yml", redis_url, mailbox_config(imap_account))
+    )
+    with watching(settings):
+        wait_for(lambda: count(*imap(imap_account)) == 0, timeout=120)
+    jobs = {job.args[0]["uid"]: job.args[0] for job in queue(redis_url).jobs}
+    assert sorted(jobs) == sorted(held)
+    for (name, sent), uid in zip(hostile.items(), sorted(held), strict=True):
+        payload = jobs[uid]
+        assert base64.b64decode(payload["raw"]) == held[uid], name
+        assert not payload["truncated"], name
+        print(f"{name}: {len(sent)} bytes sent, {len(held[uid])} held, parse_error={payload['parse_error']}")
+        if name != "random bytes":
+            assert payload["key"] == "hostile", name
+    drain(redis_url)
+    assert len(handled(redis_url)) == len(hostile)
+    assert FailedJobRegistry(queue=queue(redis_url)).count == 0
+
+
+def test_oversized_message_is_parked_with_its_header_and_counted(
+    imap_account, redis_url, tmp_path, monkeypatch
+):
+    limit = 20_000
+    big = make_message(1, to="incoming+big@example.com", size=5 * limit)
+    small = make_message(2, to="incoming+small@example.com")
+    mailbox = mailbox_config(imap_account, max_message_size=limit)
+    settings = use_config(monkeypatch, write_config(tmp_path / "c.yml", redis_url, mailbox))
+
+    def oversize() -> float:
+        return REGISTRY.get_sample_value("mailroom_messages_oversize_total", {"mailbox": "support"}) or 0.0
+
+    before = oversize()
+    with watching(settings):
+        append_messages(*imap(imap_account), [big, small])
+        wait_for(lambda: count(*imap(imap_account)) == 0)  # parked counts as done: it is in Redis
+    assert oversize() == before + 1
+    drain(redis_url)
+    records = handled(redis_url)
+    assert len(records) == 1 and records[0].endswith("|small")
+    rq_queue = queue(redis_url)
+    failed = FailedJobRegistry(queue=rq_queue)
+    assert failed.count == 1
+    job = Job.fetch(failed.get_job_ids()[0], connection=rq_queue.connection, serializer=JSONSerializer)
+    payload = job.args[0]
+    raw = base64.b64decode(payload["raw"])
+    header_end = big.index(b"\r\n\r\n") + 4
+    assert payload["truncated"] and payload["size"] == len(big) and payload["key"] == "big"
+    assert raw == big[:header_end]  # the header only, never the body
+    reason = job.latest_result().exc_string
+    print("oversized job's failure:", reason.strip().splitlines()[-1])
+    assert "too large" in reason
