@@ -28,6 +28,8 @@ from mailroom.oauth2 import OAUTHBEARER, TokenSource, choose_mechanism, token_so
 
 SEEN = b"\\Seen"
 DELETED = b"\\Deleted"
+# How long DONE may take when we are stopping anyway.
+_STOPPING_DONE_TIMEOUT = 1.0
 # Untagged responses that mean "the mailbox changed, look again".
 _ACTIVITY = frozenset({b"EXISTS", b"RECENT"})
 
@@ -260,7 +262,8 @@ class ImapSession:
                     woke = _announces_mail(line)
             finally:
                 sock = self._client.socket()
-                sock.settimeout(done_timeout)
+                # Shutting down needs no proof of life, only a prompt exit (SIGTERM's grace is 8 s).
+                sock.settimeout(min(done_timeout, _STOPPING_DONE_TIMEOUT) if should_stop() else done_timeout)
                 try:
                     _, responses = self._client.idle_done()
                 finally:

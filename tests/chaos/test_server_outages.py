@@ -184,3 +184,40 @@ def test_silently_cut_connection_is_noticed_with_default_settings(
 def _idle_commands(proxy: FreezableProxy, n: int) -> list[float] | None:
     times = [at for at, line in proxy.client_lines if line.upper().endswith(b" IDLE")]
     return times[:n] if len(times) >= n else None
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_stops_the_watcher_within_ten_seconds_even_when_stuck(
+    imap_account, make_redis, tmp_path, monkeypatch
+):
+    """SIGTERM at the two worst moments: Redis away (the watcher is backing off) and the IMAP link frozen
+    mid-IDLE (DONE will never be answered). Exit 0, and print how long each took."""
+    private = make_redis()
+    proxy = FreezableProxy((imap_account.host, imap_account.port))
+    took = {}
+    try:
+        config = write_config(tmp_path / "c.yml", private.url, mailbox_config(imap_account, port=proxy.port))
+        use_config(monkeypatch, config)
+        log = tmp_path / "watch.log"
+
+        watcher = MailroomProcess(config, log).start()
+        wait_for_event(log, "imap_connected", timeout=60)
+        private.stop()
+        append_messages(*imap(imap_account), batch("t", 3))
+        wait_for_event(log, "enqueue_failed", timeout=30)
+        code, took["redis_away"] = watcher.terminate()
+        assert code == 0
+        private.start()
+
+        connected = event_counts(log)["imap_connected"]
+        watcher = MailroomProcess(config, log).start()
+        wait_for_event(log, "imap_connected", after=connected, timeout=60)
+        wait_for(lambda: count(*imap(imap_account)) == 0, timeout=30)
+        time.sleep(1.0)  # in IDLE now
+        proxy.freeze()
+        code, took["link_frozen"] = watcher.terminate()
+        assert code == 0
+    finally:
+        proxy.close()
+    # exit 0 means every watcher thread finished within the 8 s grace
+    print("chaos sigterm: " + " ".join(f"{name}={seconds:.1f}s" for name, seconds in took.items()))
