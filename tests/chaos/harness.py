@@ -362,7 +362,7 @@ def verify(
             outcome.doubled[message_id] = times
     outcome.unexpected = sorted((set(done) | set(failed)) - expected)
     outcome.unmarked = sum(count(*imap(a), ["UNSEEN"], folder=a.folder) for a in accounts)
-    print(outcome.line())
+    print(f"\n{outcome.line()}")  # on a line of its own, after pytest's progress dots
     return outcome
 
 

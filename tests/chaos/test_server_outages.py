@@ -220,4 +220,4 @@ def test_sigterm_stops_the_watcher_within_ten_seconds_even_when_stuck(
     finally:
         proxy.close()
     # exit 0 means every watcher thread finished within the 8 s grace
-    print("chaos sigterm: " + " ".join(f"{name}={seconds:.1f}s" for name, seconds in took.items()))
+    print("\nchaos sigterm: " + " ".join(f"{name}={seconds:.1f}s" for name, seconds in took.items()))
