@@ -204,7 +204,7 @@ class FreezableProxy:
     """A loopback TCP proxy. ``freeze()`` stops forwarding on every connection open at that moment, in
     both directions, while keeping the sockets open: the kernel still ACKs and answers keepalives, no FIN
     and no RST is ever sent, exactly like a NAT or firewall that silently dropped the flow. New
-    connections made after the freeze are forwarded normally.
+    connections made after the freeze are forwarded normally (unless ``blackhole()``).
 
     ``client_lines`` records every line the client sent, with its time, to count IMAP commands.
     """
@@ -216,6 +216,7 @@ class FreezableProxy:
         self._links: list[_Link] = []
         self._lock = threading.Lock()
         self._closed = threading.Event()
+        self._blackhole = False
         self.client_lines: list[tuple[float, bytes]] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -230,7 +231,7 @@ class FreezableProxy:
             except OSError:
                 client.close()
                 continue
-            link = _Link(client, server)
+            link = _Link(client, server, frozen=self._blackhole)
             with self._lock:
                 self._links.append(link)
             threading.Thread(target=self._pump, args=(link, True), daemon=True).start()
@@ -276,6 +277,16 @@ class FreezableProxy:
             for link in self._links:
                 link.frozen = True
             return len(self._links)
+
+    def blackhole(self) -> None:
+        """Freeze every open connection and every new one too (they are accepted, then ignored): a
+        server that became unreachable without refusing anything."""
+        self._blackhole = True
+        self.freeze()
+
+    def reopen(self) -> None:
+        """New connections are forwarded again; the frozen ones stay frozen until their client gives up."""
+        self._blackhole = False
 
     def close(self) -> None:
         self._closed.set()

@@ -79,6 +79,54 @@ def test_redis_killed_twice_and_away_longer_than_the_idle_bound(
 
 
 @pytest.mark.timeout(240)
+def test_redis_blackholed_longer_than_the_idle_bound(imap_account, redis_server, tmp_path, monkeypatch):
+    """Redis silently unreachable (connections accepted, nothing answered) for longer than the default
+    15 s IDLE bound, in the middle of a drain: each attempt times out, nothing is marked, all flows after."""
+    redis_url = redis_server.url
+    redis_server.client().flushall()
+    proxy = FreezableProxy(("127.0.0.1", redis_server.port))
+    try:
+        proxied = f"redis://127.0.0.1:{proxy.port}/0"
+        config = write_config(tmp_path / "c.yml", proxied, mailbox_config(imap_account, batch_size=20))
+        use_config(monkeypatch, config)
+        log = tmp_path / "watch.log"
+        watcher = MailroomProcess(config, log).start()
+        wait_for_event(log, "imap_connected", timeout=60)
+        sent = batch("h", 300)
+        append_messages(*imap(imap_account), sent)
+        wait_for(lambda: len(queue(redis_url)) >= 60, timeout=60, interval=0.01)
+        proxy.blackhole()
+        more = batch("m", 50, start=300)
+        append_messages(*imap(imap_account), more)
+        sent += more
+        time.sleep(20)
+        stalled = len(queue(redis_url))
+        proxy.reopen()
+        reopened = time.monotonic()
+        wait_for(lambda: count(*imap(imap_account)) == 0, timeout=120, interval=0.2)
+        recovered = time.monotonic() - reopened
+        code, took = watcher.terminate()
+        assert code == 0
+    finally:
+        proxy.close()
+    monkeypatch.setenv("MAILROOM_REDIS_URL", redis_url)  # the in-process worker skips the proxy
+    use_config(monkeypatch, config)
+    drain(redis_url)
+    events = event_counts(log)
+    outcome = verify(
+        "redis-blackhole",
+        sent,
+        redis_url,
+        [imap_account],
+        faults=1,
+        notes=f"queued_when_reopened={stalled} enqueue_failures={events['enqueue_failed']}"
+        f" caught_up_after_reopen={recovered:.1f}s sigterm_exit={took:.1f}s",
+    )
+    assert events["watcher_error"] == 0
+    outcome.assert_perfect()
+
+
+@pytest.mark.timeout(240)
 def test_dovecot_restarted_mid_idle_mid_fetch_and_down_at_reconnect(
     make_dovecot, redis_url, tmp_path, monkeypatch
 ):
