@@ -79,11 +79,11 @@ def test_redis_killed_twice_and_away_longer_than_the_idle_bound(
 
 
 @pytest.mark.timeout(240)
-def test_redis_blackholed_longer_than_the_idle_bound(imap_account, redis_server, tmp_path, monkeypatch):
+def test_redis_blackholed_longer_than_the_idle_bound(
+    imap_account, redis_url, redis_server, tmp_path, monkeypatch
+):
     """Redis silently unreachable (connections accepted, nothing answered) for longer than the default
     15 s IDLE bound, in the middle of a drain: each attempt times out, nothing is marked, all flows after."""
-    redis_url = redis_server.url
-    redis_server.client().flushall()
     proxy = FreezableProxy(("127.0.0.1", redis_server.port))
     try:
         proxied = f"redis://127.0.0.1:{proxy.port}/0"
