@@ -40,7 +40,7 @@ AnyWatcher = MailboxWatcher | GraphWatcher
 
 def to_payload(mailbox: str, message: Fetched, template: AddressTemplate, source: str = "imap") -> JobPayload:
     """Parse the header (never raises) and build the job payload around the untouched bytes."""
-    parsed = parse_message(message.raw, template)
+    parsed = parse_message(message.raw, template, recipients=False)
     parse_error = parsed.parse_error
     if message.truncated:
         parse_error = f"message is {message.size} bytes, over max_message_size: only its header was kept"

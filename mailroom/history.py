@@ -13,7 +13,7 @@ requeue`` update its status with ``set_status``, which never recreates a record 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -110,27 +110,39 @@ def _now_iso() -> str:
 def add_to_pipeline(
     pipe: Pipeline, payload: JobPayload, job_id: str, ttl: int, max_entries: int, now: float | None = None
 ) -> None:
-    """Queue the commands that record a newly queued message (inside the caller's MULTI)."""
-    if ttl <= 0:
+    """Queue the commands that record one newly queued message (inside the caller's MULTI)."""
+    add_batch_to_pipeline(pipe, [(payload, job_id)], ttl, max_entries, now)
+
+
+def add_batch_to_pipeline(
+    pipe: Pipeline,
+    entries: Sequence[tuple[JobPayload, str]],
+    ttl: int,
+    max_entries: int,
+    now: float | None = None,
+) -> None:
+    """Queue the commands that record newly queued messages: a hash each, one ZADD and one trim."""
+    if ttl <= 0 or not entries:
         return
     now = time.time() if now is None else now
-    key = RECORD_PREFIX + job_id
     iso = datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds")
-    fields: dict[str, str] = {
-        "mailbox": payload.mailbox,
-        "status": Status.QUEUED.value,
-        "queued_at": repr(now),
-        "updated_at": iso,
-        "trail": f"{Status.QUEUED.value}@{iso}",
-        "message_id": payload.message_id or "",
-        "key": payload.key or "",
-        "from": payload.from_address or "",
-        "subject": (payload.subject or "")[:300],
-        "auto_reply": "1" if (payload.auto_reply or payload.bounce) else "",
-    }
-    pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
-    pipe.expire(key, ttl)
-    pipe.zadd(INDEX_KEY, {job_id: now})
+    for payload, job_id in entries:
+        key = RECORD_PREFIX + job_id
+        fields: dict[str, str] = {
+            "mailbox": payload.mailbox,
+            "status": Status.QUEUED.value,
+            "queued_at": repr(now),
+            "updated_at": iso,
+            "trail": f"{Status.QUEUED.value}@{iso}",
+            "message_id": payload.message_id or "",
+            "key": payload.key or "",
+            "from": payload.from_address or "",
+            "subject": (payload.subject or "")[:300],
+            "auto_reply": "1" if (payload.auto_reply or payload.bounce) else "",
+        }
+        pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+        pipe.expire(key, ttl)
+    pipe.zadd(INDEX_KEY, {job_id: now for _, job_id in entries})
     pipe.eval(_TRIM, 1, INDEX_KEY, RECORD_PREFIX, repr(now - ttl), max_entries, _TRIM_BATCH)
 
 

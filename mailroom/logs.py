@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import MutableMapping
+from functools import cache
 from typing import Any
 
 import structlog
@@ -16,9 +17,15 @@ import structlog
 _SECRET_WORDS = ("password", "secret", "token", "authorization", "raw", "body")
 
 
+@cache
+def _is_secret(name: str) -> bool:
+    lowered = name.lower()
+    return any(word in lowered for word in _SECRET_WORDS)
+
+
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for name in list(event):
-        if any(word in name.lower() for word in _SECRET_WORDS):
+        if _is_secret(name):
             event[name] = "[redacted]"
     return event
 

@@ -114,8 +114,12 @@ class MessageBody:
 # Headers: the watcher's hot path
 
 
-def parse_message(raw: bytes, template: AddressTemplate) -> ParsedMessage:
-    """Parse the header block of ``raw``. Never raises; problems go to ``parse_error``."""
+def parse_message(raw: bytes, template: AddressTemplate, *, recipients: bool = True) -> ParsedMessage:
+    """Parse the header block of ``raw``. Never raises; problems go to ``parse_error``.
+
+    ``recipients=False`` skips what the job payload does not carry (To, Cc, Date, In-Reply-To: they are
+    left empty), for the watcher's hot path; the reply key is found either way.
+    """
     problems: list[str] = []
     no_headers: list[tuple[str, str]] = []
     headers = _attempt(problems, lambda: _read_headers(raw, problems), no_headers)
@@ -139,11 +143,15 @@ def parse_message(raw: bytes, template: AddressTemplate) -> ParsedMessage:
     return ParsedMessage(
         message_id=_attempt(problems, lambda: _first(message_ids(first.get("message-id", ""))), None),
         from_address=from_address,
-        to=_attempt(problems, lambda: _all_addresses(headers, "to"), ()),
-        cc=_attempt(problems, lambda: _all_addresses(headers, "cc"), ()),
+        to=_attempt(problems, lambda: _all_addresses(headers, "to"), ()) if recipients else (),
+        cc=_attempt(problems, lambda: _all_addresses(headers, "cc"), ()) if recipients else (),
         subject=_attempt(problems, decoded_subject, None),
-        date=_attempt(problems, lambda: _iso_date(first.get("date")), None),
-        in_reply_to=_attempt(problems, lambda: _first(message_ids(first.get("in-reply-to", ""))), None),
+        date=_attempt(problems, lambda: _iso_date(first.get("date")), None) if recipients else None,
+        in_reply_to=(
+            _attempt(problems, lambda: _first(message_ids(first.get("in-reply-to", ""))), None)
+            if recipients
+            else None
+        ),
         key=reply_key.key if reply_key else None,
         key_header=reply_key.header if reply_key else None,
         auto_reply=auto_reply,

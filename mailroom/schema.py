@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -46,10 +46,13 @@ class JobPayload:
     raw: bytes
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        # Field by field rather than dataclasses.asdict(), which deep-copies the message bytes.
+        data: dict[str, Any] = {"v": SCHEMA_VERSION}
+        for name in _FIELD_NAMES:
+            data[name] = getattr(self, name)
         data["from"] = data.pop("from_address")
         data["raw"] = base64.b64encode(self.raw).decode("ascii")
-        return {"v": SCHEMA_VERSION, **data}
+        return data
 
     @classmethod
     def from_json(cls, data: Any) -> JobPayload:
@@ -71,3 +74,6 @@ class JobPayload:
         data = self.to_json()
         del data["raw"]
         return data
+
+
+_FIELD_NAMES = tuple(field.name for field in fields(JobPayload))
