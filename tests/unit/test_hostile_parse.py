@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import base64
 import os
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rq.serializers import JSONSerializer
 
+from mailroom.app import to_payload
+from mailroom.imap.session import FetchedMessage
 from mailroom.keys import AddressTemplate
 from mailroom.message import parse_body, parse_message
+from mailroom.schema import JobPayload
 from tests.unit.test_parse_properties import check_body, check_parsed
 
 TEMPLATE = AddressTemplate.parse("incoming+%{key}@example.com")
@@ -45,3 +50,32 @@ def test_broken_encoded_parts(payload: bytes, encoding: bytes) -> None:
     raw = _with_part(payload, encoding)
     check_parsed(parse_message(raw, TEMPLATE))
     check_body(parse_body(raw))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.binary(max_size=2000)
+    | st.lists(st.binary(max_size=120), max_size=12).map(
+        lambda values: (
+            b"".join(
+                name + b": " + value + b"\r\n"
+                for name, value in zip(
+                    [b"Message-ID", b"Subject", b"From", b"To", b"References", b"X-Any"] * 2,
+                    values,
+                    strict=False,
+                )
+            )
+            + b"\r\nbody"
+        )
+    )
+)
+def test_any_message_becomes_a_job_redis_and_rq_accept(raw: bytes) -> None:
+    """What the watcher does with every message: payload, JSON, RQ's description. Nothing may raise (a
+    raise there would offer the same message again for ever), and every text must be valid UTF-8."""
+    message = FetchedMessage(1, 7, raw, len(raw), datetime.now(UTC))
+    payload = to_payload("support", message, TEMPLATE)
+    data = JSONSerializer.dumps(((payload.to_json(),), {}))
+    assert JobPayload.from_json(JSONSerializer.loads(data)[0][0]).raw == raw
+    for value in payload.to_json().values():
+        if isinstance(value, str):
+            value.encode("utf-8")  # redis-py encodes str strictly
