@@ -6,14 +6,15 @@ was queued. Both are bounded: the hash expires after ``history_ttl`` seconds, an
 set (and deletes the trimmed hashes) to entries younger than ``history_ttl`` and at most
 ``history_max_entries`` of them, so the history never grows without bound.
 
-The record is written in the enqueue transaction (``add_to_pipeline``); the worker and ``mailroom
-requeue`` update its status with ``set_status``, which never recreates a record that has expired.
+The record is written atomically with the enqueue (``record_fields``, in mailroom.queue's script); the
+worker and ``mailroom requeue`` update its status with ``set_status``, which never recreates a record that
+has expired.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -111,38 +112,34 @@ def add_to_pipeline(
     pipe: Pipeline, payload: JobPayload, job_id: str, ttl: int, max_entries: int, now: float | None = None
 ) -> None:
     """Queue the commands that record one newly queued message (inside the caller's MULTI)."""
-    add_batch_to_pipeline(pipe, [(payload, job_id)], ttl, max_entries, now)
-
-
-def add_batch_to_pipeline(
-    pipe: Pipeline,
-    entries: Sequence[tuple[JobPayload, str]],
-    ttl: int,
-    max_entries: int,
-    now: float | None = None,
-) -> None:
-    """Queue the commands that record newly queued messages: a hash each, one ZADD and one trim."""
-    if ttl <= 0 or not entries:
+    if ttl <= 0:
         return
     now = time.time() if now is None else now
+    key = RECORD_PREFIX + job_id
+    pipe.hset(key, mapping=record_fields(payload, now))  # type: ignore[arg-type]
+    pipe.expire(key, ttl)
+    pipe.zadd(INDEX_KEY, {job_id: now})
+    trim_in_pipeline(pipe, ttl, max_entries, now)
+
+
+def record_fields(payload: JobPayload, now: float) -> dict[str, str]:
+    """The hash of a newly queued message (mailroom.queue writes it inside its enqueue script)."""
     iso = datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds")
-    for payload, job_id in entries:
-        key = RECORD_PREFIX + job_id
-        fields: dict[str, str] = {
-            "mailbox": payload.mailbox,
-            "status": Status.QUEUED.value,
-            "queued_at": repr(now),
-            "updated_at": iso,
-            "trail": f"{Status.QUEUED.value}@{iso}",
-            "message_id": payload.message_id or "",
-            "key": payload.key or "",
-            "from": payload.from_address or "",
-            "subject": (payload.subject or "")[:300],
-            "auto_reply": "1" if (payload.auto_reply or payload.bounce) else "",
-        }
-        pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
-        pipe.expire(key, ttl)
-    pipe.zadd(INDEX_KEY, {job_id: now for _, job_id in entries})
+    return {
+        "mailbox": payload.mailbox,
+        "status": Status.QUEUED.value,
+        "queued_at": repr(now),
+        "updated_at": iso,
+        "trail": f"{Status.QUEUED.value}@{iso}",
+        "message_id": payload.message_id or "",
+        "key": payload.key or "",
+        "from": payload.from_address or "",
+        "subject": (payload.subject or "")[:300],
+        "auto_reply": "1" if (payload.auto_reply or payload.bounce) else "",
+    }
+
+
+def trim_in_pipeline(pipe: Pipeline, ttl: int, max_entries: int, now: float) -> None:
     pipe.eval(_TRIM, 1, INDEX_KEY, RECORD_PREFIX, repr(now - ttl), max_entries, _TRIM_BATCH)
 
 

@@ -54,6 +54,11 @@ MAX_ADDRESS_HEADER_CHARS = 64 * 1024
 
 # Both patterns are linear: one character class each, no nested or adjacent overlapping repeats.
 _MESSAGE_ID = re.compile(r"<([^<>]*)>")
+# The usual shapes of an address header, ``addr`` and ``Display Name <addr>`` with no quotes, comments,
+# groups or lists, read without getaddresses (the watcher's hot path); anything else goes to getaddresses.
+# Linear: the display name cannot contain ``<`` or ``@``, so it cannot overlap the address.
+_ADDR = r'[^\s<>"(),;:\\@\[\]]+@[^\s<>"(),;:\\@\[\]]+'
+_SIMPLE_ADDRESS = re.compile(rf'\s*(?:({_ADDR})|[^<>"(),;:\\@\[\]]*<\s*({_ADDR})\s*>)\s*')
 _REPLY_ID = re.compile(r"reply-([^@]+)@[^@]+")
 
 
@@ -135,6 +140,8 @@ def find_reply_key(headers: Sequence[tuple[str, str]], template: AddressTemplate
 
     for header in KEY_HEADERS:
         for value in by_name.get(header.lower(), ()):
+            if template._domain not in value.lower():
+                continue  # no address here can match: skip parsing it
             candidates = received_for(value) if header == "Received" else addresses(value)
             for candidate in candidates:
                 key = template.key_from_address(candidate)
@@ -150,10 +157,16 @@ def find_reply_key(headers: Sequence[tuple[str, str]], template: AddressTemplate
     return None
 
 
-def addresses(value: str) -> list[str]:
-    """The bare addr-specs in one address header value; never raises, bounded work on hostile input."""
-    if "@" not in value:
+def addresses(value: str, *, require_at: bool = True) -> list[str]:
+    """The bare addr-specs in one address header value; never raises, bounded work on hostile input.
+
+    ``require_at=False`` also returns local-only addresses (``MAILER-DAEMON``), as getaddresses does.
+    """
+    if require_at and "@" not in value:
         return []
+    simple = _SIMPLE_ADDRESS.fullmatch(value)
+    if simple:
+        return [simple.group(1) or simple.group(2)]
     try:
         pairs = getaddresses([value[:MAX_ADDRESS_HEADER_CHARS]])
     except (RecursionError, ValueError, IndexError, TypeError):

@@ -1,11 +1,11 @@
 """The only job writer: Redis key names, the idempotent guarded enqueue, RQ with JSON.
 
 Idempotency: every message has a guard key derived from where it came from, (mailbox, UIDVALIDITY, UID)
-for IMAP. A batch is enqueued in one MULTI/EXEC transaction that WATCHes the guard keys: messages whose
-guard exists are already queued (a redelivery after a crash, or another replica won) and are skipped; the
-rest get their guard and their RQ job in the same transaction. So a guard never exists without its job,
-and a job is never written twice. A concurrent writer touching one of the guards aborts the transaction
-(WatchError) and the batch is re-evaluated.
+for IMAP. A batch is enqueued by one Lua script (one round trip), which for each message claims the guard
+with SET NX and, only if that succeeded, writes the RQ job hash, pushes its id on the queue and records
+its history entry. A script runs atomically, so a guard never exists without its job, and a message whose
+guard exists (a redelivery after a crash, or another replica won) is skipped: a job is never written
+twice, however many replicas race.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
 import redis
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import RedisError
 from redis.sentinel import Sentinel
 from rq import Queue, Retry
 from rq.job import Job, JobStatus
@@ -38,7 +39,6 @@ KEY_PREFIX = "mailroom:"
 GUARD_PREFIX = KEY_PREFIX + "guard:"
 SENTINEL_SCHEME = "redis+sentinel://"
 
-_TRANSACTION_ATTEMPTS = 10
 _PER_JOB_FIELDS = frozenset({"data", "description"})
 JobFields = dict[str, bytes | str | int | float]
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]")
@@ -111,6 +111,7 @@ class MailQueue:
         self.connection = connection
         self.settings = settings
         self._queues: dict[str, Queue] = {}
+        self._script = connection.register_script(_ENQUEUE_BATCH)
 
     def rq_queue(self, name: str) -> Queue:
         if name not in self._queues:
@@ -121,51 +122,39 @@ class MailQueue:
         """Enqueue every payload not yet queued, atomically with its guard. Raises EnqueueError."""
         if not payloads:
             return []
+        queue = self.rq_queue(mailbox.queue)
+        job_fields = self._job_template(mailbox, queue)
+        now = time.time()
+        history_ttl = self.settings.history_ttl
+        job_ids = [job_id_for(p) for p in payloads]
+        args: list[Any] = [queue.key, queue.redis_queues_keys, self.settings.guard_ttl, history.INDEX_KEY]
+        args += [history_ttl, repr(now), 0, 0]
+        for payload, job_id in zip(payloads, job_ids, strict=True):
+            fields = _flat(job_fields(payload))
+            record = _flat(history.record_fields(payload, now)) if history_ttl > 0 else []
+            args[6], args[7] = len(fields), len(record)  # the same for every message of a batch
+            args += [guard_key(payload), job_id, Job.key_for(job_id), *fields, history.RECORD_PREFIX + job_id]
+            args += record
         try:
-            for _ in range(_TRANSACTION_ATTEMPTS):
-                try:
-                    return self._enqueue_transaction(mailbox, payloads)
-                except WatchError:
-                    continue  # another replica claimed some of these meanwhile: look again
+            with self.connection.pipeline(transaction=False) as pipe:
+                self._script(args=args, client=pipe)
+                if history_ttl > 0:
+                    history.trim_in_pipeline(pipe, history_ttl, self.settings.history_max_entries, now)
+                created = pipe.execute()[0]
         except RedisError as exc:
             raise EnqueueError(f"Redis did not take the batch: {type(exc).__name__}: {exc}") from exc
-        raise EnqueueError(f"gave up after {_TRANSACTION_ATTEMPTS} conflicting transactions")
-
-    def _enqueue_transaction(self, mailbox: MailboxConfig, payloads: Sequence[JobPayload]) -> list[Enqueued]:
-        queue = self.rq_queue(mailbox.queue)
-        guards = [guard_key(p) for p in payloads]
-        results = []
-        new: list[tuple[JobPayload, str]] = []
-        with self.connection.pipeline() as pipe:
-            pipe.watch(*guards)  # type: ignore[no-untyped-call]
-            existing = pipe.mget(guards)
-            pipe.multi()
-            job_fields = self._job_template(mailbox, queue)
-            for payload, guard, claimed in zip(payloads, guards, existing, strict=True):
-                job_id = job_id_for(payload)
-                if claimed is not None:
-                    results.append(Enqueued(payload, job_id, new=False))
-                    continue
-                pipe.set(guard, job_id, ex=self.settings.guard_ttl)
-                pipe.hset(Job.key_for(job_id), mapping=job_fields(payload))  # type: ignore[arg-type]
-                new.append((payload, job_id))
-                results.append(Enqueued(payload, job_id, new=True))
-            if new:
-                pipe.sadd(queue.redis_queues_keys, queue.key)
-                pipe.rpush(queue.key, *(job_id for _, job_id in new))
-                history.add_batch_to_pipeline(
-                    pipe, new, self.settings.history_ttl, self.settings.history_max_entries
-                )
-            pipe.execute()
-        return results
+        return [
+            Enqueued(payload, job_id, new=bool(new))
+            for payload, job_id, new in zip(payloads, job_ids, created, strict=True)
+        ]
 
     def _job_template(self, mailbox: MailboxConfig, queue: Queue) -> Callable[[JobPayload], JobFields]:
         """The RQ job hash for a payload, as ``Queue.enqueue_call`` would store it.
 
         RQ builds, zlib-compresses and saves a Job object per call, in nine commands: most of the watcher's
         time went there. Here RQ builds one prototype job per batch (so every option keeps RQ's own
-        encoding) and each message adds only its data and description, uncompressed (RQ reads both forms),
-        in one HSET. tests/integration/test_queue_format.py holds this to what RQ itself writes.
+        encoding) and each message adds only its data and description, uncompressed (RQ reads both forms).
+        tests/integration/test_queue_format.py holds this to what RQ itself writes.
         """
         retry = Retry(max=len(mailbox.retries), interval=list(mailbox.retries)) if mailbox.retries else None
         prototype = queue.create_job(
@@ -189,3 +178,38 @@ class MailQueue:
             return {**base, "data": data, "description": description}
 
         return fields
+
+
+def _flat(mapping: JobFields | dict[str, str]) -> list[Any]:
+    return [item for pair in mapping.items() for item in pair]
+
+
+# ARGV: queue key, queue set key, guard ttl, history index, history ttl, now, job field count (names and
+# values), history field count, then per message: guard key, job id, job key, job fields, history key,
+# history fields. Returns 1 per message enqueued now, 0 per message whose guard already existed.
+_ENQUEUE_BATCH = """
+local queue_key, queues_key, guard_ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local index_key, history_ttl, now = ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local nj, nh = tonumber(ARGV[7]), tonumber(ARGV[8])
+local created = {}
+local i = 9
+while i <= #ARGV do
+  local guard, job_id, job_key = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local history_key = ARGV[i + 3 + nj]
+  if redis.call('SET', guard, job_id, 'NX', 'EX', guard_ttl) then
+    redis.call('HSET', job_key, unpack(ARGV, i + 3, i + 2 + nj))
+    redis.call('RPUSH', queue_key, job_id)
+    if nh > 0 then
+      redis.call('HSET', history_key, unpack(ARGV, i + 4 + nj, i + 3 + nj + nh))
+      redis.call('EXPIRE', history_key, history_ttl)
+      redis.call('ZADD', index_key, now, job_id)
+    end
+    created[#created + 1] = 1
+  else
+    created[#created + 1] = 0
+  end
+  i = i + 4 + nj + nh
+end
+redis.call('SADD', queues_key, queue_key)
+return created
+"""

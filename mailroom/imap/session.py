@@ -166,33 +166,43 @@ class ImapSession:
     ) -> Iterator[list[FetchedMessage]]:
         """Yield the messages in chunks of at most ``max_batch_bytes`` (at least one message each).
 
-        Sizes come first (one cheap FETCH), so a message over ``max_size`` is never downloaded whole:
-        only its header is, and it is yielded with ``truncated=True``.
+        One SEARCH ... LARGER finds the messages too big for an even share of ``max_batch_bytes``; the
+        rest (nearly always all of them) come in one FETCH. Only the big ones have their sizes fetched
+        first, so a message over ``max_size`` is never downloaded whole: only its header is, and it is
+        yielded with ``truncated=True``.
         """
         if not uids:
             return
+        share = max(1, min(max_size, max_batch_bytes // len(uids)))
+        with _translated("UID SEARCH LARGER"):
+            large = set(self._client.search(["UID", _uid_set(uids), "LARGER", str(share)]))
+        small = [uid for uid in uids if uid not in large]
+        if small:
+            yield self._fetch_bodies(small)
+        if not large:
+            return
         with _translated("UID FETCH RFC822.SIZE"):
-            meta = self._client.fetch(list(uids), ["RFC822.SIZE", "INTERNALDATE"])
+            meta = self._client.fetch(sorted(large), ["RFC822.SIZE"])
         chunk: list[int] = []
         chunk_bytes = 0
-        for uid in uids:
+        for uid in sorted(large):
             if uid not in meta:
                 continue  # expunged meanwhile by someone else
             size = int(meta[uid].get(b"RFC822.SIZE", 0))
             if size > max_size:
-                yield [self._fetch_header(uid, size, meta[uid].get(b"INTERNALDATE"))]
+                yield [self._fetch_header(uid, size)]
                 continue
             if chunk and chunk_bytes + size > max_batch_bytes:
-                yield self._fetch_bodies(chunk, meta)
+                yield self._fetch_bodies(chunk)
                 chunk, chunk_bytes = [], 0
             chunk.append(uid)
             chunk_bytes += size
         if chunk:
-            yield self._fetch_bodies(chunk, meta)
+            yield self._fetch_bodies(chunk)
 
-    def _fetch_bodies(self, uids: list[int], meta: dict[int, dict[bytes, Any]]) -> list[FetchedMessage]:
+    def _fetch_bodies(self, uids: list[int]) -> list[FetchedMessage]:
         with _translated("UID FETCH BODY.PEEK[]"):
-            data = self._client.fetch(uids, ["BODY.PEEK[]"])
+            data = self._client.fetch(uids, ["BODY.PEEK[]", "INTERNALDATE"])
         messages = []
         for uid in uids:
             if uid not in data or b"BODY[]" not in data[uid]:
@@ -204,15 +214,16 @@ class ImapSession:
                     uid=uid,
                     raw=raw,
                     size=len(raw),
-                    internaldate=meta[uid].get(b"INTERNALDATE"),
+                    internaldate=data[uid].get(b"INTERNALDATE"),
                 )
             )
         return messages
 
-    def _fetch_header(self, uid: int, size: int, internaldate: datetime | None) -> FetchedMessage:
+    def _fetch_header(self, uid: int, size: int) -> FetchedMessage:
         with _translated("UID FETCH BODY.PEEK[HEADER]"):
-            data = self._client.fetch([uid], ["BODY.PEEK[HEADER]"])
+            data = self._client.fetch([uid], ["BODY.PEEK[HEADER]", "INTERNALDATE"])
         header = data.get(uid, {}).get(b"BODY[HEADER]", b"")
+        internaldate = data.get(uid, {}).get(b"INTERNALDATE")
         return FetchedMessage(self.state.uidvalidity, uid, header, size, internaldate, truncated=True)
 
     # -- marking -------------------------------------------------------------------------------------
@@ -327,6 +338,20 @@ def _oauth2_login(client: IMAPClient, config: MailboxConfig, tokens: TokenSource
             tokens.invalidate()
             if attempt == 1:
                 raise ImapAuthError(f"{mechanism} login refused a freshly fetched token: {exc}") from exc
+
+
+def _uid_set(uids: Sequence[int]) -> str:
+    """``[1, 2, 3, 7, 9, 10]`` -> ``"1:3,7,9:10"`` (sorted, runs collapsed)."""
+    ranges: list[str] = []
+    ordered = sorted(uids)
+    start = previous = ordered[0]
+    for uid in [*ordered[1:], 0]:  # 0 ends the last run
+        if uid == previous + 1:
+            previous = uid
+            continue
+        ranges.append(str(start) if start == previous else f"{start}:{previous}")
+        start = previous = uid
+    return ",".join(ranges)
 
 
 def _announces_mail(line: bytes) -> bool:
