@@ -30,8 +30,6 @@ from email.parser import BytesHeaderParser, BytesParser
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
-import mailparser
-
 from mailroom.keys import AddressTemplate, addresses, find_reply_key, message_ids
 
 __all__ = [
@@ -327,6 +325,8 @@ def parse_body(raw: bytes) -> MessageBody:
 
 
 def _body_with_mailparser(raw: bytes) -> MessageBody:
+    import mailparser  # here, not at the top: the watcher parses headers only and never needs it
+
     mail: Any = mailparser.parse_from_bytes(raw)
     attachments = tuple(
         Attachment(

@@ -26,10 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-import requests
 import structlog
-from authlib.integrations.base_client.errors import OAuthError
-from authlib.integrations.requests_client import OAuth2Session
 
 from mailroom.config import OAuth2Config, read_secret_file
 from mailroom.errors import TokenError
@@ -121,6 +118,11 @@ class GrantTokenSource:
             self._token = None
 
     def _fetch(self) -> tuple[str, float]:
+        # Imported here: a password-only deployment never pays for authlib and requests (~25 MB RSS).
+        import requests
+        from authlib.integrations.base_client.errors import OAuthError
+        from authlib.integrations.requests_client import OAuth2Session
+
         secret = read_secret_file(self.client_secret_file) if self.client_secret_file else None
         session = OAuth2Session(
             self.client_id,

@@ -40,6 +40,9 @@ GUARD_PREFIX = KEY_PREFIX + "guard:"
 SENTINEL_SCHEME = "redis+sentinel://"
 
 _PER_JOB_FIELDS = frozenset({"data", "description"})
+# RQ's JSON job data is [function, instance, args, kwargs]; the payload is the only argument.
+_DATA_HEAD = ("[" + json.dumps(JOB_FUNCTION) + ", null, [").encode()
+_DATA_TAIL = b"], {}]"
 JobFields = dict[str, bytes | str | int | float]
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 _TIMEOUTS: dict[str, Any] = {"socket_timeout": 10, "socket_connect_timeout": 5}
@@ -173,7 +176,7 @@ class MailQueue:
         }
 
         def fields(payload: JobPayload) -> JobFields:
-            data = json.dumps([JOB_FUNCTION, None, [payload.to_json()], {}]).encode()
+            data = b"".join((_DATA_HEAD, payload.to_json_bytes(), _DATA_TAIL))
             description = f"email {payload.mailbox} {source_id(payload)} <{payload.message_id or ''}>"
             return {**base, "data": data, "description": description}
 

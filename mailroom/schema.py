@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -53,6 +54,16 @@ class JobPayload:
         data["from"] = data.pop("from_address")
         data["raw"] = base64.b64encode(self.raw).decode("ascii")
         return data
+
+    def to_json_bytes(self) -> bytes:
+        """``json.dumps(self.to_json())`` as bytes, with the message's Base64 spliced in rather than copied
+        through a str: a 25 MiB message costs one Base64 copy here, not three."""
+        head = {"v": SCHEMA_VERSION}
+        for name in _FIELD_NAMES:
+            if name != "raw":
+                head[name] = getattr(self, name)
+        head["from"] = head.pop("from_address")
+        return b"".join((json.dumps(head)[:-1].encode(), b', "raw": "', base64.b64encode(self.raw), b'"}'))
 
     @classmethod
     def from_json(cls, data: Any) -> JobPayload:

@@ -9,11 +9,10 @@ are copied from the RQ job to tags (before scrubbing) so an error can be found f
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterable
 from typing import Any, cast
-
-import sentry_sdk
 
 from mailroom.config import Settings, read_secret_file
 
@@ -78,12 +77,16 @@ def before_send(settings: Settings) -> Callable[[Event, Any], Event | None]:
 
 def init(settings: Settings, component: str, with_rq: bool = False, **options: Any) -> bool:
     """Start the Sentry client if a DSN is configured (config or SENTRY_DSN). True when it is on."""
+    dsn = settings.sentry_dsn.get_secret_value() if settings.sentry_dsn is not None else None
+    if not (dsn or os.environ.get("SENTRY_DSN")):
+        return False  # and sentry_sdk (~20 MB) is never imported
+    import sentry_sdk
+
     integrations: list[Any] = []
     if with_rq:
         from sentry_sdk.integrations.rq import RqIntegration
 
         integrations.append(RqIntegration())
-    dsn = settings.sentry_dsn.get_secret_value() if settings.sentry_dsn is not None else None
     sentry_sdk.init(
         dsn=dsn,  # None: sentry_sdk reads SENTRY_DSN itself, and stays off without it
         before_send=cast(Any, before_send(settings)),

@@ -222,7 +222,7 @@ def test_body_falls_back_to_stdlib(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(raw: bytes) -> Any:
         raise RuntimeError("mail-parser blew up")
 
-    monkeypatch.setattr("mailroom.message.mailparser.parse_from_bytes", broken)
+    monkeypatch.setattr("mailparser.parse_from_bytes", broken)
     body = parse_body(load("attachment.eml"))
     assert body.text is not None and "Report attached." in body.text
     assert body.attachments == (Attachment("report.pdf", "application/pdf", 1040),)
