@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import redis
 import structlog
@@ -93,6 +93,8 @@ class MailroomProcess:
     """``python -m mailroom --config C <command>`` as a child in its own process group, its output in
     ``log`` (appended across restarts), so SIGKILL is a real kill of the whole thing."""
 
+    started: ClassVar[list[MailroomProcess]] = []  # every one ever started, for reap()
+
     def __init__(self, config: Path, log: Path, *command: str, env: dict[str, str] | None = None) -> None:
         self.config = config
         self.log = log
@@ -116,7 +118,14 @@ class MailroomProcess:
                 start_new_session=True,
             )  # fmt: skip
         self.starts += 1
+        MailroomProcess.started.append(self)
         return self
+
+    @classmethod
+    def reap(cls) -> None:
+        """Kill whatever a test left running (it failed before stopping its processes)."""
+        while cls.started:
+            cls.started.pop().kill()
 
     @property
     def pid(self) -> int:

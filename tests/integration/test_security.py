@@ -23,6 +23,12 @@ from tests.support import mailbox_config, queue, use_config, wait_for, watching,
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(autouse=True)
+def _reap_processes():
+    yield
+    MailroomProcess.reap()
+
+
 @pytest.fixture
 def tls_dovecot(make_dovecot, tmp_path):
     """A Dovecot serving IMAPS with a certificate for 127.0.0.1 from a throw-away CA."""
