@@ -138,27 +138,39 @@ class MailboxWatcher:
         self.stop.wait(delay)
 
     def _serve(self, session: Session) -> None:
+        """Catch up, then wait for news; catch up again when the server announces mail.
+
+        A quiet keepalive renewal (DONE answered, nothing announced) costs no SEARCH: the server reports
+        new mail during IDLE or in DONE's answer. A full catch-up still runs every ``idle_timeout`` as a
+        safety net against a notification the server never sent.
+        """
+        pending = True
+        last_catch_up = 0.0
         while not self.stop.is_set():
             self.status.turn()
-            try:
-                self.catch_up(session)
-            except EnqueueError as exc:
-                # Redis is down: nothing was marked. Keep the IMAP session and try again later.
-                self._failed("enqueue_failed", exc)
-                continue
-            self._backoff.reset()
+            if pending or time.monotonic() - last_catch_up >= self.config.idle_timeout:
+                try:
+                    self.catch_up(session)
+                except EnqueueError as exc:
+                    # Redis is down: nothing was marked. Keep the IMAP session and try again later.
+                    self._failed("enqueue_failed", exc)
+                    continue
+                last_catch_up = time.monotonic()
+                self._backoff.reset()
             if self.stop.is_set():
                 return
             if session.has_idle:
                 wait = min(
                     self.config.idle_timeout, self.config.keepalive_interval or self.config.idle_timeout
                 )
-                if session.idle(wait, self.stop.is_set, self.limits.done_timeout):
+                pending = session.idle(wait, self.stop.is_set, self.limits.done_timeout)
+                if pending:
                     metrics.IDLE_WAKEUPS.labels(self.config.name).inc()
             else:
                 self.stop.wait(self.config.poll_interval)
                 if not self.stop.is_set():
                     session.noop()
+                pending = True
 
     def catch_up(self, session: Session) -> None:
         """Deliver every pending message; return after a SEARCH that found nothing new.

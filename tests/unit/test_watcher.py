@@ -141,3 +141,47 @@ def test_backoff_grows_to_its_cap_with_jitter():
     assert all(0.5 * min(8, 2**i) <= d <= min(8, 2**i) for i, d in enumerate(delays))
     backoff.reset()
     assert backoff.next_delay() <= 1
+
+
+def test_quiet_keepalive_renewals_cost_no_search():
+    """IDLE renewed every keepalive_interval: a renewal with no news goes straight back to IDLE."""
+    stop = threading.Event()
+    session = FakeSession({})
+    renewals = []
+
+    def idle(seconds, should_stop, done_timeout):
+        renewals.append(seconds)
+        if len(renewals) == 5:
+            stop.set()
+        return False
+
+    session.idle = idle
+    watcher = MailboxWatcher(
+        CONFIG.model_copy(update={"idle_timeout": 600, "keepalive_interval": 15}),
+        lambda batch: None,
+        stop,
+        open_session=lambda c: session,
+    )
+    watcher.run()
+    assert renewals == [15] * 5
+    assert session.searches == 1  # the catch-up on connect only
+
+
+def test_announced_mail_after_a_renewal_is_fetched():
+    stop = threading.Event()
+    session = FakeSession({})
+    delivered = []
+
+    def idle(seconds, should_stop, done_timeout):
+        if delivered:
+            stop.set()
+            return False
+        session.messages[1] = b"new"
+        return True  # EXISTS during IDLE
+
+    session.idle = idle
+    watcher = MailboxWatcher(
+        CONFIG, lambda batch: delivered.extend(m.uid for m in batch), stop, lambda c: session
+    )
+    watcher.run()
+    assert delivered == [1] and session.marked == [1]
