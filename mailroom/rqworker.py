@@ -8,6 +8,7 @@ updates the message's status in ``mailroom history`` (handled, or failed with th
 
 from __future__ import annotations
 
+import importlib
 import time
 from datetime import UTC
 from typing import Any
@@ -59,6 +60,15 @@ class MailroomWorker(_Observed, Worker):
 
 class MailroomSimpleWorker(_Observed, SimpleWorker):
     """Runs jobs in its own process (tests, --burst debugging)."""
+
+
+def preload_jobs(job_function: str) -> None:
+    """Import the job function's module by name (mailroom never imports ``workers`` directly) and run its
+    ``preload()``, so the work horses RQ forks inherit a configured job module instead of loading it."""
+    module = importlib.import_module(job_function.rpartition(".")[0])
+    preload = getattr(module, "preload", None)
+    if callable(preload):
+        preload()
 
 
 def heartbeat_age(worker: Worker) -> float | None:

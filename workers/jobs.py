@@ -33,6 +33,20 @@ def _handler(mailbox: str) -> Handler:
     return handler_for(settings().mailbox(mailbox))
 
 
+def preload() -> None:
+    """Import and configure everything a job needs, once, in the worker's main process.
+
+    RQ forks a work horse per job; what the parent has loaded the horse inherits, so a job no longer pays
+    for reading the config, importing its handler and (for the webhook) the JWT library. A handler that
+    cannot be imported is left to fail its jobs with the reason.
+    """
+    for mailbox in settings().mailboxes:
+        try:
+            _handler(mailbox.name)
+        except HandlerNotFound:
+            log.warning("handler_not_importable", mailbox=mailbox.name, handler=mailbox.handler)
+
+
 def handle_email(data: dict[str, Any]) -> dict[str, Any]:
     try:
         payload = JobPayload.from_json(data)

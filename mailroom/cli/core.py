@@ -72,8 +72,8 @@ def worker(ctx: click.Context, queues: tuple[str, ...], burst: bool) -> None:
 
     from mailroom import sentry
     from mailroom.app import serve_worker_health
-    from mailroom.queue import connect
-    from mailroom.rqworker import WORKER_TTL, MailroomWorker
+    from mailroom.queue import JOB_FUNCTION, connect
+    from mailroom.rqworker import WORKER_TTL, MailroomWorker, preload_jobs
 
     settings = load_or_exit(ctx)
     if ctx.obj["config"]:
@@ -83,6 +83,7 @@ def worker(ctx: click.Context, queues: tuple[str, ...], burst: bool) -> None:
     names = list(queues) or settings.queues()
     rq_queues = [Queue(name, connection=connection, serializer=JSONSerializer) for name in names]
     sentry.init(settings, "worker", with_rq=True)
+    preload_jobs(JOB_FUNCTION)
     rq_worker = MailroomWorker(
         rq_queues, connection=connection, serializer=JSONSerializer, worker_ttl=WORKER_TTL
     )

@@ -270,6 +270,10 @@ class ImapSession:
                         continue
                     if line.startswith(b"* BYE"):
                         raise ImapError(f"server ended the session during IDLE: {line[:200]!r}")
+                    if line.startswith((b"* NO", b"* BAD")):
+                        # e.g. Dovecot when the selected folder was deleted and created again: the
+                        # session stays open but sees nothing new; a fresh SELECT does.
+                        raise ImapError(f"server reported a problem during IDLE: {line[:200]!r}")
                     woke = _announces_mail(line)
             finally:
                 sock = self._client.socket()
