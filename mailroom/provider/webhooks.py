@@ -246,6 +246,10 @@ def create_app(
             WEBHOOK_REJECTED.labels(exc.reason.value).inc()
             log.warning("webhook_rejected", reason=exc.reason.value)
             return Response(status_code=404)
+        except redis.RedisError as exc:
+            # The token could not be claimed: nothing was recorded, so the provider's retry is welcome.
+            log.error("webhook_redis_failed", error=f"{type(exc).__name__}: {exc}")
+            return Response(status_code=503)
         decision = decide(verified.event)
         WEBHOOK_EVENTS.labels(decision.event, decision.severity, decision.domain).inc()
         try:

@@ -221,3 +221,22 @@ def test_mailroom_webhooks_command(redis_url: str, tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_redis_down_answers_503_and_the_retry_is_accepted_later(make_redis):
+    """Mailgun retries a call that did not get 2xx: with Redis away the call must not be lost by having
+    its token remembered as seen, so the retried call (same token) is processed once Redis is back."""
+    private = make_redis()
+    config = ProviderConfig(signing_key=KEY, max_body_bytes=4096)  # type: ignore[arg-type]
+    app = create_app(config, redis.Redis.from_url(private.url, socket_timeout=2), KEY)
+    body = signed(failed("gone@example.com"), token="retried-token-1")
+    with serve_asgi(app) as base:
+        private.stop()
+        status, answer = post(base + PATH, body)
+        assert status == 503
+        private.start()
+        status, _ = post(base + PATH, body)
+        assert status == 200
+        assert SuppressionList(redis.Redis.from_url(private.url)).is_suppressed("gone@example.com")
+        status, _ = post(base + PATH, body)
+        assert status == 404  # now it is a replay
