@@ -1,9 +1,12 @@
 # Everyday commands. `make demo` and `make test` install what is missing first (OS packages with apt-get,
-# the Python package with pip), so on a fresh Debian/Ubuntu machine they are the only two commands needed.
-PYTHON ?= python3
+# the project and its test tools with pip into .venv), so on a fresh Debian/Ubuntu machine they are the
+# only two commands needed. A virtualenv, because Debian's own Python refuses system-wide pip installs.
+BOOTSTRAP_PYTHON ?= python3
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
 ARGS ?=
 # pip runs again only when pyproject.toml changes; `make install` forces it.
-STAMP := .run/install.stamp
+STAMP := $(VENV)/.installed
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: help install system-packages fmt lint typecheck test demo compose-check bench
@@ -13,13 +16,20 @@ help:
 	@echo "make test           run every test (unit, integration against real servers, chaos)"
 	@echo "make fmt | lint | typecheck | compose-check | install"
 
-install: system-packages
+install: system-packages $(PYTHON)
+	$(PYTHON) -m pip install -q --upgrade pip
 	$(PYTHON) -m pip install -q -e '.[test]'
-	@mkdir -p $(dir $(STAMP)) && touch $(STAMP)
+	@touch $(STAMP)
 
-$(STAMP): pyproject.toml
+$(PYTHON):
+	@$(BOOTSTRAP_PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "mailroom needs Python 3.11 or newer as $(BOOTSTRAP_PYTHON) (make BOOTSTRAP_PYTHON=python3.12 ...)"; exit 1; }
+	$(BOOTSTRAP_PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PYTHON)
+	$(PYTHON) -m pip install -q --upgrade pip
 	$(PYTHON) -m pip install -q -e '.[test]'
-	@mkdir -p $(dir $(STAMP)) && touch $(STAMP)
+	@touch $(STAMP)
 
 # The real servers the demo and the integration tests start privately on free loopback ports.
 # The Debian package may auto-start a system dovecot on 143/993: ours never uses those ports, but a
@@ -29,6 +39,7 @@ system-packages:
 	missing=""; \
 	have dovecot || missing="$$missing dovecot-imapd"; \
 	have redis-server || missing="$$missing redis-server"; \
+	$(BOOTSTRAP_PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing$$missing"; \
 	  $(SUDO) apt-get update && \

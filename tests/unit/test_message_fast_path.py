@@ -36,7 +36,10 @@ def test_samples_split_like_the_stdlib(path):
 
 
 def test_the_usual_block_takes_the_fast_path():
-    block = b"From: A <a@x>\r\nTo: incoming+k@example.com,\r\n\tb@y\r\nSubject: =?utf-8?q?h=C3=A9?=\r\nX-8bit: caf\xc3\xa9"
+    block = (
+        b"From: A <a@x>\r\nTo: incoming+k@example.com,\r\n\tb@y\r\n"
+        b"Subject: =?utf-8?q?h=C3=A9?=\r\nX-8bit: caf\xc3\xa9"
+    )
     assert _fast(block) == _stdlib(block)
     assert _fast(block)[1] == ("To", "incoming+k@example.com,\tb@y")
 
