@@ -56,16 +56,24 @@ def to_payload(mailbox: str, message: Fetched, template: AddressTemplate, source
         received_at=received.isoformat(),
         size=message.size,
         truncated=message.truncated,
-        message_id=parsed.message_id,
-        key=parsed.key,
+        message_id=_utf8(parsed.message_id),
+        key=_utf8(parsed.key),
         key_header=parsed.key_header,
-        from_address=parsed.from_address,
-        subject=parsed.subject,
+        from_address=_utf8(parsed.from_address),
+        subject=_utf8(parsed.subject),
         auto_reply=parsed.auto_reply,
         bounce=parsed.bounce,
-        parse_error=parse_error,
+        parse_error=_utf8(parse_error),
         raw=message.raw,
     )
+
+
+def _utf8(text: str | None) -> str | None:
+    """Text Redis can store: a lone surrogate from hostile mail would make every enqueue of the batch
+    fail, and the watcher offer the same batch for ever."""
+    if text is None or text.isascii():
+        return text
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def make_sink(mailbox: MailboxConfig, queue: MailQueue) -> AnySink:

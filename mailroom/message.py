@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -254,11 +255,14 @@ def _decode_word(match: re.Match[str], problems: list[str]) -> str:
         problems.append(f"bad encoded word {match.group(0)[:60]!r}")
         return match.group(0)
     try:
-        return data.decode(charset, "replace")
+        if not codecs.lookup(charset)._is_text_encoding:
+            raise LookupError(charset)  # base64, rot13, unicode_escape ...: not a charset
+        text = data.decode(charset, "replace")
     except (LookupError, ValueError):
-        # Unknown charset, or a codec that is not a text encoding (base64, rot13, idna with "replace").
         problems.append(f"unknown charset {charset[:40]!r} in encoded word, read as UTF-8")
         return data.decode("utf-8", "replace")
+    # UTF-7 and friends can produce lone surrogates, which no UTF-8 encoder (Redis, JSON users) accepts.
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _addresses(value: str) -> list[str]:

@@ -169,9 +169,8 @@ def failed_export(ctx: click.Context, job_id: str) -> None:
     except failed_lib.NotFailed as exc:
         click.echo(f"error: {exc}", err=True)
         ctx.exit(1)
-    stream = click.get_binary_stream("stdout")
-    stream.write(raw)
-    stream.flush()
+    sys.stdout.buffer.write(raw)
+    sys.stdout.buffer.flush()
 
 
 def _get(ctx: click.Context, connection: redis.Redis, job_id: str) -> failed_lib.FailedMessage:

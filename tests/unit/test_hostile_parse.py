@@ -79,3 +79,18 @@ def test_any_message_becomes_a_job_redis_and_rq_accept(raw: bytes) -> None:
     for value in payload.to_json().values():
         if isinstance(value, str):
             value.encode("utf-8")  # redis-py encodes str strictly
+
+
+@pytest.mark.parametrize(
+    "subject", ["=?utf-7?Q?+2AA-?=", "=?unicode_escape?Q?\\ud800?=", "=?utf-7?B?K2RnQS0=?="]
+)
+def test_encoded_words_never_yield_text_redis_refuses(subject):
+    """A lone surrogate in the subject made redis-py's encoder raise on every enqueue of the batch."""
+    raw = f"From: a@b\r\nTo: incoming+k@example.com\r\nSubject: {subject}\r\n\r\nbody\r\n".encode()
+    payload = to_payload(
+        "m", FetchedMessage(1, 1, raw, len(raw), None), AddressTemplate.parse("incoming+%{key}@example.com")
+    )
+    for value in (payload.subject, payload.from_address, payload.message_id, payload.parse_error):
+        if value is not None:
+            value.encode("utf-8")  # strict, as redis-py encodes
+    assert payload.key == "k"
