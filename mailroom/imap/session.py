@@ -28,6 +28,8 @@ from mailroom.oauth2 import OAUTHBEARER, TokenSource, choose_mechanism, token_so
 
 SEEN = b"\\Seen"
 DELETED = b"\\Deleted"
+# A message too large to queue whole stays where it is, flagged so no SEARCH offers it again.
+PARKED = "$MailroomParked"
 # How long DONE may take when we are stopping anyway.
 _STOPPING_DONE_TIMEOUT = 1.0
 # Untagged responses that mean "the mailbox changed, look again".
@@ -80,11 +82,13 @@ def tls_context(config: MailboxConfig) -> ssl.SSLContext:
 class ImapSession:
     """A logged-in connection with one folder selected."""
 
-    def __init__(self, config: MailboxConfig, client: IMAPClient, state: FolderState) -> None:
+    def __init__(
+        self, config: MailboxConfig, client: IMAPClient, state: FolderState, capabilities: frozenset[bytes]
+    ) -> None:
         self.config = config
         self._client = client
         self.state = state
-        self.capabilities = frozenset(client.capabilities())
+        self.capabilities = capabilities
 
     @classmethod
     def open(
@@ -107,8 +111,11 @@ class ImapSession:
                 ssl_context=tls_context(config) if config.security is Security.TLS else None,
                 timeout=config.timeout,
             )
+        # INTERNALDATE as the server sent it (with its zone), not converted to naive local time.
+        client.normalise_times = False
         try:
-            _enable_tcp_keepalive(client.socket())
+            with _translated("socket options"):
+                _enable_tcp_keepalive(client.socket())
             if config.security is Security.STARTTLS:
                 with _translated("STARTTLS"):
                     client.starttls(tls_context(config))
@@ -119,12 +126,13 @@ class ImapSession:
                     client.login(config.username, (password or config.read_password)())
             with _translated(f"select {config.folder}"):
                 selected = client.select_folder(config.folder)
+                capabilities = frozenset(client.capabilities())
             state = FolderState(
                 uidvalidity=int(selected[b"UIDVALIDITY"]),
                 uidnext=int(selected[b"UIDNEXT"]) if b"UIDNEXT" in selected else None,
                 exists=int(selected[b"EXISTS"]),
             )
-            return cls(config, client, state)
+            return cls(config, client, state, capabilities)
         except BaseException:
             _shutdown_quietly(client)
             raise
@@ -143,6 +151,7 @@ class ImapSession:
         """
         action, _ = self.config.after_delivery_action
         criteria = ["UNSEEN", "UNDELETED"] if action is AfterDeliveryAction.SEEN else ["UNDELETED"]
+        criteria += ["UNKEYWORD", PARKED]
         self._forget_activity()
         with _translated("UID SEARCH"):
             return sorted(int(uid) for uid in self._client.search(criteria))
@@ -227,6 +236,13 @@ class ImapSession:
         return FetchedMessage(self.state.uidvalidity, uid, header, size, internaldate, truncated=True)
 
     # -- marking -------------------------------------------------------------------------------------
+
+    def park(self, uids: Sequence[int]) -> None:
+        """Done, but left on the server whatever after_delivery says: its job holds only the header."""
+        if not uids:
+            return
+        with _translated("mark parked"):
+            self._client.add_flags(list(uids), [SEEN, PARKED.encode()], silent=True)
 
     def mark_done(self, uids: Sequence[int]) -> None:
         """Apply after_delivery to the whole set in one command (two or three for delete and move)."""
@@ -325,7 +341,9 @@ def _oauth2_login(client: IMAPClient, config: MailboxConfig, tokens: TokenSource
     assert config.oauth2 is not None and config.username is not None  # by the config validator
     if tokens is None:
         tokens = token_source_for(config.name, config.oauth2, timeout=config.timeout)
-    mechanism = choose_mechanism(frozenset(client.capabilities()), config.oauth2.mechanism)
+    with _translated("CAPABILITY"):
+        capabilities = frozenset(client.capabilities())
+    mechanism = choose_mechanism(capabilities, config.oauth2.mechanism)
     for attempt in range(2):
         try:
             token = tokens.token()

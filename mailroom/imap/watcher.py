@@ -37,6 +37,7 @@ class Session(Protocol):
         self, uids: Sequence[int], max_size: int, max_batch_bytes: int
     ) -> Iterator[list[FetchedMessage]]: ...
     def mark_done(self, uids: Sequence[int]) -> None: ...
+    def park(self, uids: Sequence[int]) -> None: ...
     def idle(self, seconds: float, should_stop: Callable[[], bool], done_timeout: float) -> bool: ...
     def noop(self) -> bool: ...
     def close(self) -> None: ...
@@ -157,6 +158,8 @@ class MailboxWatcher:
                     continue
                 last_catch_up = time.monotonic()
                 self._backoff.reset()
+                self.status.connected = True  # again, after an enqueue failure (a Redis outage)
+                self.status.last_error = None
             if self.stop.is_set():
                 return
             if session.has_idle:
@@ -195,10 +198,12 @@ class MailboxWatcher:
             return
         metrics.MESSAGES_FETCHED.labels(self.config.name).inc(len(batch))
         self.sink(batch)
-        uids = [m.uid for m in batch]
+        uids = [m.uid for m in batch if not m.truncated]
         session.mark_done(uids)
+        # Too large to queue whole: the job has the header only, so the message itself must stay.
+        session.park([m.uid for m in batch if m.truncated])
         metrics.MESSAGES_MARKED.labels(self.config.name).inc(len(batch))
-        self.log.debug("batch_marked", count=len(uids), first_uid=uids[0], last_uid=uids[-1])
+        self.log.debug("batch_marked", count=len(batch), first_uid=batch[0].uid, last_uid=batch[-1].uid)
 
 
 def describe(status: WatcherStatus) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 
 import pytest
 from prometheus_client import REGISTRY
@@ -113,3 +114,19 @@ def test_oversized_message_is_parked_with_its_header_and_counted(
     reason = job.latest_result().exc_string
     print("oversized job's failure:", reason.strip().splitlines()[-1])
     assert "too large" in reason
+
+
+def test_oversized_message_stays_on_the_server_even_with_delete(
+    imap_account, redis_url, tmp_path, monkeypatch
+):
+    """Its job holds the header only: deleting (or moving) it would leave the body nowhere."""
+    limit = 20_000
+    big = make_message(1, to="incoming+big@example.com", size=5 * limit)
+    mailbox = mailbox_config(imap_account, max_message_size=limit, after_delivery="delete")
+    settings = use_config(monkeypatch, write_config(tmp_path / "c.yml", redis_url, mailbox))
+    with watching(settings):
+        append_messages(*imap(imap_account), [big, make_message(2)])
+        wait_for(lambda: count(*imap(imap_account), criteria=["KEYWORD", "$MailroomParked"]) == 1)
+        wait_for(lambda: count(*imap(imap_account), criteria="ALL") == 1)  # the small one was deleted
+        time.sleep(1)
+    assert len(queue(redis_url)) == 2  # one job each: the parked message is not offered again

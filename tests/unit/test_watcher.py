@@ -26,6 +26,7 @@ class FakeSession:
     messages: dict[int, bytes]
     arrivals: dict[int, dict[int, bytes]] = field(default_factory=dict)
     marked: list[int] = field(default_factory=list)
+    parked: list[int] = field(default_factory=list)
     searches: int = 0
     idles: int = 0
     announced: bool = False
@@ -52,6 +53,9 @@ class FakeSession:
 
     def mark_done(self, uids: Sequence[int]) -> None:
         self.marked.extend(uids)
+
+    def park(self, uids: Sequence[int]) -> None:
+        self.parked.extend(uids)
 
     def idle(self, seconds: float, should_stop: Callable[[], bool], done_timeout: float) -> bool:
         self.idles += 1
@@ -185,3 +189,14 @@ def test_announced_mail_after_a_renewal_is_fetched():
     )
     watcher.run()
     assert delivered == [1] and session.marked == [1]
+
+
+def test_a_truncated_message_is_parked_never_marked_done():
+    """With after_delivery: delete, marking a header-only job's message done would destroy it."""
+    session = FakeSession({1: b"a", 2: b"big"})
+    session.fetch = lambda uids, max_size, max_bytes: iter(
+        [[FetchedMessage(7, 1, b"a", 1, None), FetchedMessage(7, 2, b"header", 10**9, None, truncated=True)]]
+    )
+    session.pending_uids = lambda: [] if session.marked or session.parked else [1, 2]
+    _watcher(lambda batch: None).catch_up(session)
+    assert session.marked == [1] and session.parked == [2]
