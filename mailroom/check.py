@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 from rq import Queue, Worker
 from rq.serializers import JSONSerializer
 
-from mailroom.config import MailboxConfig, Security, Settings
+from mailroom.config import MailboxConfig, MailboxKind, Security, Settings
 from mailroom.errors import ImapAuthError, ImapError
 from mailroom.imap.session import ImapSession
 
@@ -134,5 +134,8 @@ def check_redis(settings: Settings, connection: redis.Redis) -> Iterator[Result]
 def run_checks(settings: Settings, connection: redis.Redis) -> Iterator[Result]:
     yield _ok("config", f"valid, {len(settings.mailboxes)} mailbox(es)")
     for mailbox in settings.mailboxes:
+        if mailbox.kind is MailboxKind.GRAPH:
+            yield Result(mailbox.name, Outcome.WARN, "Microsoft Graph mailbox: not checked (IMAP only)")
+            continue
         yield from check_mailbox(mailbox)
     yield from check_redis(settings, connection)

@@ -35,6 +35,8 @@ from mailroom.errors import ConfigError
 
 ENV_PREFIX = "MAILROOM_"
 CONFIG_PATH_ENV = "MAILROOM_CONFIG"
+INCOMING_ADDRESS_ENV = "MAILROOM_INCOMING_ADDRESS"  # `mailroom parse`'s template, when no config is used
+NOT_SETTINGS = frozenset({CONFIG_PATH_ENV, INCOMING_ADDRESS_ENV})
 MAX_IDLE_TIMEOUT = 29 * 60  # RFC 2177: servers may drop an IDLE after 30 minutes
 DEFAULT_QUEUE = "incoming_email"
 DEFAULT_ADDRESS = "incoming+%{key}@example.com"
@@ -226,7 +228,8 @@ class GraphConfig(_Model):
 class MailboxConfig(_Model):
     """One mailbox to watch (IMAP, or Microsoft Graph), and what to do with its mail."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    # Letters, digits, _ and -: the name goes into RQ job ids as it is (no two names may map to one id).
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
     kind: MailboxKind = MailboxKind.IMAP
     auth: AuthMethod = Field(default=AuthMethod.PASSWORD, description="IMAP login: password or oauth2")
     oauth2: OAuth2Config | None = None
@@ -562,7 +565,7 @@ def load_settings(path: Path | str | None = None, environ: Mapping[str, str] | N
     if path:
         data = _read_yaml(Path(path))
     for name, value in environ.items():
-        if name.startswith(ENV_PREFIX) and name != CONFIG_PATH_ENV:
+        if name.startswith(ENV_PREFIX) and name not in NOT_SETTINGS:
             _overlay(data, name[len(ENV_PREFIX) :].lower().split("__"), value, name)
     try:
         return Settings(**data)

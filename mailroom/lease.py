@@ -113,7 +113,10 @@ class Coordinator:
         try:
             while not self.stop.is_set():
                 self.last_turn = time.monotonic()
-                self.tick()
+                try:
+                    self.tick()
+                except Exception:  # one bad round (a watcher that failed to start) must not stop them all
+                    log.exception("lease_round_failed")
                 self.stop.wait(self.interval)
         finally:
             self.shutdown()

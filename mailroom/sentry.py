@@ -12,7 +12,10 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, cast
+
+from pydantic import BaseModel, SecretStr
 
 from mailroom.config import Settings, read_secret_file
 
@@ -51,20 +54,27 @@ def _clean(value: Any, secrets: list[str]) -> Any:
 
 
 def known_secrets(settings: Settings) -> list[str]:
-    """The secret values this configuration can put in memory (read now; rotated ones are re-read)."""
-    found = []
-    for mailbox in settings.mailboxes:
-        try:
-            found.append(mailbox.read_password())
-        except OSError:
-            pass
-        if mailbox.webhook is not None:
-            try:
-                found.append(read_secret_file(mailbox.webhook.secret_file))
-            except OSError:
-                pass
-    if settings.sentry_dsn is not None:
-        found.append(settings.sentry_dsn.get_secret_value())
+    """The secret values this configuration can put in memory (read now; rotated ones are re-read):
+    every SecretStr field and every secret file (``*_file`` but ``ca_file``), in any section."""
+    found: list[str] = []
+
+    def walk(model: BaseModel) -> None:
+        for name, value in model:
+            if isinstance(value, SecretStr):
+                found.append(value.get_secret_value())
+            elif isinstance(value, Path) and name.endswith("_file") and name != "ca_file":
+                try:
+                    found.append(read_secret_file(value))
+                except (OSError, UnicodeDecodeError):
+                    pass
+            elif isinstance(value, BaseModel):
+                walk(value)
+            elif isinstance(value, tuple | list):
+                for item in value:
+                    if isinstance(item, BaseModel):
+                        walk(item)
+
+    walk(settings)
     return found
 
 

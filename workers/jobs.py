@@ -62,6 +62,9 @@ def handle_email(data: dict[str, Any]) -> dict[str, Any]:
         reply_key=payload.key,
         job_id=job.id if job else None,
     )
+    if (payload.auto_reply or payload.bounce) and _skips_auto_replies(payload.mailbox):
+        jlog.info("email_skipped", reason="bounce" if payload.bounce else "auto_reply")
+        return {"handled": False, "skipped": "auto_reply"}
     if payload.truncated:
         reject(settings(), payload, "too_large")
         _permanent(f"message too large ({payload.size} bytes): parked with its header only")
@@ -69,9 +72,6 @@ def handle_email(data: dict[str, Any]) -> dict[str, Any]:
         # Only when configured: a keyless message is answered and parked instead of handled.
         reject(settings(), payload, "no_key")
         _permanent("rejected: no reply key found in the message")
-    if (payload.auto_reply or payload.bounce) and _skips_auto_replies(payload.mailbox):
-        jlog.info("email_skipped", reason="bounce" if payload.bounce else "auto_reply")
-        return {"handled": False, "skipped": "auto_reply"}
     try:
         handler = _handler(payload.mailbox)
     except (KeyError, HandlerNotFound) as exc:

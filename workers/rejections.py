@@ -9,12 +9,11 @@ from __future__ import annotations
 from functools import cache
 from typing import cast, get_args
 
-import redis
 import structlog
 
 from mailroom.config import RejectionReason, Settings
-from mailroom.errors import MailroomError
 from mailroom.provider.rejection import Outcome, Rejector
+from mailroom.queue import connect
 from mailroom.schema import JobPayload
 
 log = structlog.get_logger("mailroom.worker")
@@ -24,7 +23,7 @@ REASONS: frozenset[str] = frozenset(get_args(RejectionReason))
 
 @cache
 def _rejector(settings: Settings) -> Rejector:
-    return Rejector(settings, redis.Redis.from_url(settings.redis_url))
+    return Rejector(settings, connect(settings.redis_url))  # timeouts, Sentinel URLs
 
 
 def reject(settings: Settings, payload: JobPayload, reason: str, detail: str | None = None) -> Outcome:
@@ -36,6 +35,6 @@ def reject(settings: Settings, payload: JobPayload, reason: str, detail: str | N
         return Outcome.REASON_OFF
     try:
         return _rejector(settings).reject(payload, cast(RejectionReason, reason), detail)
-    except (MailroomError, redis.RedisError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a reply is a courtesy: it never changes how the job ends
         log.warning("rejection_failed", reason=reason, error=f"{type(exc).__name__}: {exc}")
         return Outcome.FAILED

@@ -15,7 +15,7 @@ import click
 import yaml
 
 from mailroom.cli.base import cli, load_or_exit
-from mailroom.config import CONFIG_PATH_ENV, DEFAULT_ADDRESS, masked
+from mailroom.config import CONFIG_PATH_ENV, DEFAULT_ADDRESS, INCOMING_ADDRESS_ENV, masked
 
 SHUTDOWN_GRACE_SECONDS = 8.0
 
@@ -96,7 +96,7 @@ def worker(ctx: click.Context, queues: tuple[str, ...], burst: bool) -> None:
 @click.argument("source", type=click.Path(dir_okay=False, allow_dash=True))
 @click.option(
     "--address",
-    envvar="MAILROOM_INCOMING_ADDRESS",
+    envvar=INCOMING_ADDRESS_ENV,
     default=DEFAULT_ADDRESS,
     show_default=True,
     help="the address template the reply key is found in (or $MAILROOM_INCOMING_ADDRESS)",

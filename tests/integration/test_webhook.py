@@ -42,6 +42,14 @@ def application() -> Iterator[Application]:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             app.requests.append((dict(self.headers), body))
             self.send_response(app.status)
+            if 300 <= app.status < 400:
+                self.send_header("Location", app.url + "/moved")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_GET(self) -> None:
+            app.requests.append((dict(self.headers), b"GET"))
+            self.send_response(200)
             self.send_header("Content-Length", "0")
             self.end_headers()
 
@@ -136,5 +144,19 @@ def test_4xx_is_permanent_and_not_retried(application, redis_url, tmp_path, monk
     use_config(monkeypatch, path)
     job_id = _enqueue(redis_url, path, make_message(3))
     run_worker(redis_url)
+    assert len(application.requests) == 1
+    assert FailedJobRegistry(queue=queue(redis_url)).get_job_ids() == [job_id]
+
+
+def test_a_redirect_is_not_followed_and_fails_permanently(application, redis_url, tmp_path, monkeypatch):
+    """urllib would follow a 302 with a bodiless GET (JWT included), and its 200 would look delivered."""
+    application.status = 302
+    path = _config(tmp_path, redis_url, application.url, [0, 0])
+    use_config(monkeypatch, path)
+    job_id = _enqueue(redis_url, path, make_message(4))
+    run_worker(redis_url)
+    assert [body for _, body in application.requests] != [] and all(
+        b != b"GET" for _, b in application.requests
+    )
     assert len(application.requests) == 1
     assert FailedJobRegistry(queue=queue(redis_url)).get_job_ids() == [job_id]

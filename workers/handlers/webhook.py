@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
 
@@ -25,6 +26,14 @@ JWT_HEADER = "Gitlab-Mailroom-Api-Request"
 JWT_ISSUER = "gitlab-mailroom"
 JWT_ALGORITHM = "HS256"
 _TRANSIENT_STATUSES = frozenset({408, 425, 429})
+
+
+class _Refuse(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # the 3xx then surfaces as an HTTPError with its status
+
+
+_NO_REDIRECTS = urllib.request.build_opener(_Refuse)
 
 
 def signing_secret(config: WebhookConfig) -> bytes:
@@ -56,7 +65,7 @@ class WebhookHandler:
             },
         )
         try:
-            with urllib.request.urlopen(request, timeout=self.config.timeout) as response:  # noqa: S310
+            with _NO_REDIRECTS.open(request, timeout=self.config.timeout) as response:
                 status: int = response.status
         except urllib.error.HTTPError as exc:
             status = exc.code
@@ -64,6 +73,10 @@ class WebhookHandler:
             raise TransientHandlerError(f"POST {self.config.url} failed: {exc}") from exc
         if 200 <= status < 300:
             return status
+        if 300 <= status < 400:
+            # Never followed: urllib would resend a POST as a bodiless GET, JWT and all, to wherever it
+            # points, and a 2xx there would count as delivered.
+            raise PermanentHandlerError(f"POST {self.config.url} redirected ({status}): fix webhook.url")
         if status >= 500 or status in _TRANSIENT_STATUSES:
             raise TransientHandlerError(f"POST {self.config.url} answered {status}")
         raise PermanentHandlerError(f"POST {self.config.url} answered {status}")
