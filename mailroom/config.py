@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -103,9 +104,12 @@ def _problems_found(model: str, problems: list[tuple[str, str]]) -> None:
 
 
 def _http_url_problem(name: str, value: str | None) -> list[tuple[str, str]]:
-    if value is not None and not value.startswith(("http://", "https://")):
-        return [(name, "must start with https:// (or http:// for a local test server)")]
-    return []
+    """Secrets and tokens travel to these URLs: https, or http only to this machine (a test server)."""
+    if value is None or value.startswith("https://"):
+        return []
+    if value.startswith("http://") and _is_loopback(urlsplit(value).hostname or ""):
+        return []
+    return [(name, "must start with https:// (http:// only for a server on loopback)")]
 
 
 def _file_problem(name: str, path: Path | None) -> list[tuple[str, str]]:
@@ -379,6 +383,14 @@ class ProviderConfig(_Model):
     api_key: SecretStr | None = Field(default=None, description="Mailgun API key: enables stats collection")
     api_key_file: Path | None = None
     api_base: str = "https://api.mailgun.net"
+
+    @field_validator("api_base")
+    @classmethod
+    def _api_base(cls, value: str) -> str:
+        for _, problem in _http_url_problem("api_base", value):
+            raise ValueError(problem)
+        return value
+
     stats_domains: tuple[str, ...] = ()
     stats_interval: float = Field(default=300.0, gt=0, description="seconds between stats polls")
 
@@ -425,6 +437,7 @@ class SmtpConfig(_Model):
     password_file: Path | None = None
     from_address: str = Field(description="the envelope and From address of mail mailroom sends")
     timeout: float = Field(default=30.0, gt=0)
+    allow_insecure: bool = Field(default=False, description="required for security: none off loopback")
 
     @property
     def effective_port(self) -> int:
@@ -449,6 +462,10 @@ class SmtpConfig(_Model):
             raise ValueError(f"ca_file {self.ca_file} is not a readable file")
         if "@" not in self.from_address:
             raise ValueError("from_address must be an email address")
+        if self.security is Security.NONE and not self.allow_insecure and not _is_loopback(self.host):
+            raise ValueError(
+                "security: none sends the password in clear text; set allow_insecure: true to accept that"
+            )
         return self
 
 

@@ -32,6 +32,7 @@ from mailroom.oauth2 import TokenSource
 log = structlog.get_logger("mailroom.graph")
 
 _THROTTLED = frozenset({429, 503, 504})
+_RETRIED = _THROTTLED | {401}
 _RESYNC_CODES = frozenset({"syncstatenotfound", "resyncrequired", "syncstateinvalid"})
 _SELECT = "id,isRead,receivedDateTime,internetMessageId"
 MAX_THROTTLE_RETRIES = 5
@@ -87,6 +88,10 @@ class GraphClient:
         url = delta_link or f"{self.user_url}/mailFolders/{folder}/messages/delta?$select={_SELECT}"
         messages: dict[str, dict[str, Any]] = {}
         while True:
+            if not url.startswith(self.graph.base_url.rstrip("/") + "/"):
+                # Our bearer token goes with every request: never to a link pointing anywhere else (a
+                # tampered delta link in Redis, a hostile page). A full resync starts from our own URL.
+                raise DeltaExpired(f"link outside {self.graph.base_url} refused")
             page = self._request("GET", url, prefer=f"odata.maxpagesize={self.graph.page_size}").json()
             for item in page.get("value", []):
                 if "@removed" in item:
@@ -105,11 +110,12 @@ class GraphClient:
         message_id = message["id"]
         response = self._request("GET", f"{self._message_url(message_id)}/$value", stream=True)
         with response:
-            raw = b""
+            buffer = bytearray()  # not bytes +=, which copies the whole message for every chunk
             for chunk in response.iter_content(64 * 1024):
-                raw += chunk
-                if len(raw) > max_size:
+                buffer += chunk
+                if len(buffer) > max_size:
                     break
+        raw = bytes(buffer)
         truncated = len(raw) > max_size
         size = len(raw)
         if truncated:
@@ -168,6 +174,8 @@ class GraphClient:
             if status < 300 or (missing_ok and status == 404):
                 return response
             code, message = _error(response)
+            if status in _RETRIED:
+                response.close()  # a streamed answer we will not read: give its connection back
             if status == 401 and not refreshed:
                 self.tokens.invalidate()  # expired or revoked: one fresh token, then it is an error
                 refreshed = True

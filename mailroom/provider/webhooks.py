@@ -274,10 +274,12 @@ def create_app(
     async def not_found(request: Request, exc: Exception) -> Response:
         return Response(status_code=404)
 
-    return Starlette(
+    app = Starlette(
         routes=[Route(config.webhook_path, webhook, methods=ALL_METHODS), Route("/healthz", healthz)],
         exception_handlers={404: not_found, 405: not_found},
     )
+    app.router.redirect_slashes = False  # a 307 to the real path would answer an unverified call
+    return app
 
 
 def _release_quietly(processor: WebhookProcessor, verified: Verified) -> None:

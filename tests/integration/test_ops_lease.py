@@ -66,8 +66,8 @@ def test_two_replicas_split_the_mailboxes_and_take_over_when_one_dies(redis_url)
         # Replica one dies without releasing anything: its coordinator stops renewing.
         one_held = one.held()
         died = time.monotonic()
-        one.coordinator.stop.set()
         one.coordinator.shutdown = lambda: None  # type: ignore[method-assign]  # a crash, not a clean stop
+        one.coordinator.stop.set()
         one.thread.join(5)
         wait_for(lambda: two.held() == set(MAILBOXES), timeout=TTL * 6)
         print(f"takeover of {sorted(one_held)} after {time.monotonic() - died:.2f} s (ttl {TTL} s)")

@@ -159,6 +159,8 @@ def test_replayed_call_is_refused(webhook: str, redis_url: str) -> None:
 def test_other_methods_and_paths_are_404(webhook: str) -> None:
     assert post(webhook, b"", method="GET") == (404, b"")
     assert post(webhook.replace(PATH, "/elsewhere"), signed({"event": "delivered"})) == (404, b"")
+    # no redirect to the real path either (Starlette's default for a trailing slash)
+    assert post(webhook + "/", signed({"event": "delivered"})) == (404, b"")
 
 
 def test_unknown_and_other_events_are_accepted_and_ignored(webhook: str, redis_url: str) -> None:

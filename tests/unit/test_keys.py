@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from mailroom.keys import (
@@ -183,9 +181,7 @@ def test_no_headers() -> None:
     ],
 )
 def test_hostile_received_header_is_fast(received: str) -> None:
-    start = time.perf_counter()
     assert find_reply_key([("Received", received)], TEMPLATE) is None
-    assert time.perf_counter() - start < 2
 
 
 @pytest.mark.timeout(5)
@@ -195,6 +191,4 @@ def test_hostile_received_header_is_fast(received: str) -> None:
 )
 def test_hostile_address_and_reference_headers_are_fast(value: str) -> None:
     headers = [(name, value) for name in ("To", "Cc", "References", "In-Reply-To")]
-    start = time.perf_counter()
     find_reply_key(headers, TEMPLATE)
-    assert time.perf_counter() - start < 2

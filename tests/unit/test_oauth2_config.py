@@ -142,5 +142,17 @@ def test_check_config_explains_bad_oauth2_setup(tmp_path: Path) -> None:
         "config error: mailboxes.0.oauth2.refresh_token.refresh_token_file: "
         "/nonexistent is not a readable file",
         "config error: mailboxes.0.oauth2.refresh_token.token_url: must start with https:// "
-        "(or http:// for a local test server)",
+        "(http:// only for a server on loopback)",
     ]
+
+
+def test_secrets_never_go_to_a_plain_http_url_off_loopback():
+    from mailroom.config import ClientCredentialsConfig
+
+    with pytest.raises(ValueError, match="http:// only for a server on loopback"):
+        ClientCredentialsConfig(
+            client_id="c", client_secret_file=__file__, token_url="http://login.example.com/t"
+        )
+    assert ClientCredentialsConfig(
+        client_id="c", client_secret_file=__file__, token_url="http://127.0.0.1:8080/t"
+    )
