@@ -8,6 +8,7 @@ registry atomically, so two operators or two runs never requeue one job twice).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -178,9 +179,17 @@ def raw_message(item: FailedMessage) -> bytes:
     return item.payload.raw
 
 
+def _restore_retries(connection: redis.Redis, job_id: str) -> None:
+    """A failed job has used up its retries; a requeued one gets them back (one per retry delay)."""
+    intervals = connection.hget(Job.key_for(job_id), "retry_intervals")
+    if intervals:
+        connection.hset(Job.key_for(job_id), "retries_left", len(json.loads(intervals)))
+
+
 def requeue(connection: redis.Redis, job_id: str) -> FailedMessage:
     """Move one failed job back to its own queue, data untouched. Raises NotFailed if it is not failed."""
     item = get_failed(connection, job_id)
+    _restore_retries(connection, job_id)
     try:
         registry(connection, item.queue).requeue(job_id)
     except (InvalidJobOperation, NoSuchJobError):

@@ -154,3 +154,45 @@ def test_inject_is_idempotent_and_reaches_the_handler(imap_account, redis_url, t
     assert [r.split("|")[1] for r in handled(redis_url)] == ["injected", "injected"]
     missing = run(config, "inject", str(tmp_path / "nope.eml"))
     assert missing.exit_code == 1
+
+
+def test_a_requeued_job_gets_its_retries_back(redis_url, tmp_path, monkeypatch):
+    from mailroom import failed as failed_lib
+    from mailroom.queue import MailQueue, connect
+    from mailroom.schema import JobPayload
+
+    mailbox = {
+        "name": "support",
+        "host": "127.0.0.1",
+        "security": "none",
+        "username": "u",
+        "password": "p",
+        "handler": "tests.chaos.handlers:poison_or_record",
+        "retries": [0, 0],
+    }
+    settings = use_config(monkeypatch, write_config(tmp_path / "c.yml", redis_url, mailbox))
+    raw = make_message(1, to="incoming+poison-1@example.com")
+    payload = JobPayload(
+        "support",
+        "imap",
+        1,
+        1,
+        "2026-11-25T00:00:00+00:00",
+        len(raw),
+        False,
+        "m@x",
+        "poison-1",
+        "To",
+        "a@b",
+        "s",
+        False,
+        False,
+        None,
+        raw,
+    )
+    connection = connect(redis_url)
+    (job,) = MailQueue(connection, settings).enqueue_batch(settings.mailboxes[0], [payload])
+    work(redis_url)
+    assert queue(redis_url).fetch_job(job.job_id).retries_left == 0
+    failed_lib.requeue(connection, job.job_id)
+    assert queue(redis_url).fetch_job(job.job_id).retries_left == 2
