@@ -14,7 +14,7 @@ has expired.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -143,13 +143,6 @@ def trim_in_pipeline(pipe: Pipeline, ttl: int, max_entries: int, now: float) -> 
     pipe.eval(_TRIM, 1, INDEX_KEY, RECORD_PREFIX, repr(now - ttl), max_entries, _TRIM_BATCH)
 
 
-def trim(connection: redis.Redis, ttl: int, max_entries: int, now: float | None = None) -> int:
-    """Drop entries older than ``ttl`` or beyond ``max_entries`` (a write does this too). Returns count."""
-    now = time.time() if now is None else now
-    removed = connection.eval(_TRIM, 1, INDEX_KEY, RECORD_PREFIX, repr(now - ttl), max_entries, _TRIM_BATCH)
-    return int(removed)
-
-
 def set_status(connection: redis.Redis, job_id: str, status: Status, error: str | None = None) -> bool:
     """Record a status change; False when the message has no (or an expired) record."""
     one_line = " ".join((error or "").split())[:300]
@@ -238,7 +231,3 @@ def _entry(job_id: str, score: float, record: Mapping[bytes, bytes]) -> Entry:
         updated_at=text("updated_at"),
         trail=text("trail") or "",
     )
-
-
-def set_many(connection: redis.Redis, job_ids: Iterable[str], status: Status) -> int:
-    return sum(set_status(connection, job_id, status) for job_id in job_ids)

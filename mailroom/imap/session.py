@@ -323,10 +323,6 @@ class ImapSession:
             _, responses = self._client.noop()
         return any(_is_activity(r) for r in responses)
 
-    def logout(self) -> None:
-        with _translated("LOGOUT"):
-            self._client.logout()
-
     def close(self) -> None:
         """Log out if the server still answers; never raises."""
         try:
