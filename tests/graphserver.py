@@ -60,7 +60,7 @@ class GraphServer:
     throttle_next: int = 0  # this many requests get 429 before the next one is served
     retry_after: int = 1
     expired_below: int = 0  # delta tokens below this answer 410 SyncStateNotFound
-    requests: list[tuple[str, str]] = field(default_factory=list)
+    requests: list[tuple[str, str, str]] = field(default_factory=list)  # method, path, query
     prefer_headers: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -210,7 +210,7 @@ def _handler(server: GraphServer) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             raw_body = self.rfile.read(length) if length else b""
             url = urlsplit(self.path)
-            server.requests.append((method, url.path))
+            server.requests.append((method, url.path, url.query))
             server.prefer_headers.append(self.headers.get("Prefer", ""))
             with server.lock:
                 if server.throttle_next > 0:

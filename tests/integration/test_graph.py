@@ -92,8 +92,9 @@ def test_backlog_then_new_mail_between_polls(tmp_path, monkeypatch, redis_url, o
     assert {job.args[0]["source"] for job in jobs} == {"graph"}
     assert all('IdType="ImmutableId"' in prefer for prefer in graph.prefer_headers)
     # after the backlog, polls follow the delta link: no full listing of the folder again
-    delta_calls = [path for method, path in graph.requests if path.endswith("/delta")]
+    delta_calls = [query for method, path, query in graph.requests if path.endswith("/delta")]
     print(f"requests after the backlog: {len(graph.requests)}, of which delta: {len(delta_calls)}")
+    assert delta_calls and all("deltatoken" in q or "skiptoken" in q for q in delta_calls), delta_calls
     assert redis.Redis.from_url(redis_url).get(delta_key(settings.mailboxes[0])) is not None
     run_worker(redis_url)
     keys = sorted(int(r.split("|key")[1]) for r in handled(redis_url))
