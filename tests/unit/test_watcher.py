@@ -200,3 +200,23 @@ def test_a_truncated_message_is_parked_never_marked_done():
     session.pending_uids = lambda: [] if session.marked or session.parked else [1, 2]
     _watcher(lambda batch: None).catch_up(session)
     assert session.marked == [1] and session.parked == [2]
+
+
+def test_readiness_returns_after_a_redis_outage_without_reconnecting():
+    stop = threading.Event()
+    session = FakeSession({1: b"a"})
+    calls = []
+
+    def sink(batch):
+        calls.append(1)
+        if len(calls) == 1:
+            raise EnqueueError("redis down")
+        stop.set()
+
+    opened = []
+    watcher = MailboxWatcher(CONFIG, sink, stop, open_session=lambda c: opened.append(1) or session)
+    watcher._backoff = Backoff(base=0.001, cap=0.001)
+    watcher.run()
+    assert len(opened) == 1 and session.marked == [1]  # the same IMAP session throughout
+    # the outage's error was cleared by the successful catch-up, not by a reconnect (there was none)
+    assert watcher.status.last_error is None
