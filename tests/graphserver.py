@@ -34,10 +34,11 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+from tests.loopback import LoopbackHTTP
 
 
 @dataclass
@@ -51,7 +52,7 @@ class Message:
 
 
 @dataclass
-class GraphServer:
+class GraphServer(LoopbackHTTP):
     user: str
     token_ok: Callable[[str], object]
     messages: dict[str, Message] = field(default_factory=dict)
@@ -65,13 +66,11 @@ class GraphServer:
 
     def __post_init__(self) -> None:
         self.lock = threading.RLock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
+        self._listen(_handler(self))
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1.0"
+        return f"{self.origin}/v1.0"
 
     # -- the test's side -------------------------------------------------------------------------------
 
@@ -93,22 +92,6 @@ class GraphServer:
     def expire_delta_links(self) -> None:
         with self.lock:
             self.expired_below = self.seq + 1
-
-    def start(self) -> Self:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # -- delta -----------------------------------------------------------------------------------------
 

@@ -20,10 +20,11 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 from urllib.parse import parse_qs, unquote
+
+from tests.loopback import LoopbackHTTP
 
 
 @dataclass
@@ -34,7 +35,7 @@ class Issued:
 
 
 @dataclass
-class OAuthServer:
+class OAuthServer(LoopbackHTTP):
     """Clients (id -> secret) get tokens for ``username``; refresh tokens map to the same user."""
 
     username: str
@@ -47,13 +48,11 @@ class OAuthServer:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
+        self._listen(_handler(self))
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        return f"{self.origin}"
 
     @property
     def token_url(self) -> str:
@@ -81,22 +80,6 @@ class OAuthServer:
         if issued is None or issued.revoked or issued.expires_at < time.time():
             return None
         return issued
-
-    def start(self) -> Self:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 def _handler(server: OAuthServer) -> type[BaseHTTPRequestHandler]:
