@@ -89,6 +89,14 @@ class Feeder(threading.Thread):
 # -- processes -----------------------------------------------------------------------------------------
 
 
+# ``python -m mailroom``, plus a SIGUSR1 handler that writes every thread's stack to the log: when a
+# scenario waits in vain, the failure shows where the process was stuck.
+_ENTRY = (
+    "import faulthandler, signal, sys; faulthandler.register(signal.SIGUSR1, all_threads=True);"
+    " sys.argv[0] = 'mailroom'; from mailroom.cli import main; main()"
+)
+
+
 class MailroomProcess:
     """``python -m mailroom --config C <command>`` as a child in its own process group, its output in
     ``log`` (appended across restarts), so SIGKILL is a real kill of the whole thing."""
@@ -108,7 +116,7 @@ class MailroomProcess:
         env.pop("MAILROOM_CONFIG", None)
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mailroom", "--config", str(self.config), "--log-format", "json",
+                [sys.executable, "-c", _ENTRY, "--config", str(self.config), "--log-format", "json",
                  *self.command],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -163,6 +171,12 @@ class MailroomProcess:
     def events(self) -> list[dict[str, Any]]:
         return read_events(self.log)
 
+    def dump_stacks(self) -> None:
+        """Have the process write every thread's Python stack to its log (see ``_ENTRY``)."""
+        if self.alive:
+            os.kill(self.pid, signal.SIGUSR1)
+            time.sleep(0.5)
+
 
 def read_events(log: Path) -> list[dict[str, Any]]:
     events = []
@@ -179,16 +193,27 @@ def event_counts(*logs: Path) -> Counter[str]:
     return Counter(e.get("event", "?") for log in logs if log.exists() for e in read_events(log))
 
 
-def wait_for_event(log: Path, name: str, after: int = 0, timeout: float = 30.0) -> int:
-    """Wait until ``log`` holds more than ``after`` events called ``name``; return how many it holds."""
+def wait_for_event(
+    log: Path, name: str, after: int = 0, timeout: float = 30.0, process: MailroomProcess | None = None
+) -> int:
+    """Wait until ``log`` holds more than ``after`` events called ``name``; return how many it holds.
+
+    In vain: AssertionError with the log's tail, after ``process`` (if given) wrote its stacks there.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = sum(1 for e in read_events(log) if e.get("event") == name) if log.exists() else 0
         if found > after:
             return found
         time.sleep(0.05)
-    tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:]) if log.exists() else ""
+    if process is not None:
+        process.dump_stacks()
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-60:]) if log.exists() else ""
     raise AssertionError(f"no new {name!r} in {log} within {timeout} s; log tail:\n{tail}")
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
 
 def children(pid: int) -> list[int]:
