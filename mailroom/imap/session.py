@@ -24,6 +24,7 @@ from imapclient.util import to_bytes
 
 from mailroom.config import AfterDeliveryAction, AuthMethod, MailboxConfig, Security
 from mailroom.errors import ImapAuthError, ImapError, TokenError
+from mailroom.imap import wire
 from mailroom.oauth2 import OAUTHBEARER, TokenSource, choose_mechanism, token_source_for
 
 SEEN = b"\\Seen"
@@ -210,23 +211,18 @@ class ImapSession:
             yield self._fetch_bodies(chunk)
 
     def _fetch_bodies(self, uids: list[int]) -> list[FetchedMessage]:
+        """The messages among ``uids`` still on the server, in UID order (mailroom.imap.wire reads them)."""
         with _translated("UID FETCH BODY.PEEK[]"):
-            data = self._client.fetch(uids, ["BODY.PEEK[]", "INTERNALDATE"])
-        messages = []
-        for uid in uids:
-            if uid not in data or b"BODY[]" not in data[uid]:
-                continue
-            raw = data[uid][b"BODY[]"]
-            messages.append(
-                FetchedMessage(
-                    uidvalidity=self.state.uidvalidity,
-                    uid=uid,
-                    raw=raw,
-                    size=len(raw),
-                    internaldate=data[uid].get(b"INTERNALDATE"),
-                )
-            )
-        return messages
+            fetched = wire.fetch_bodies(self._client._imap, _uid_set(uids))
+        wanted = set(uids)
+        return sorted(
+            (
+                FetchedMessage(self.state.uidvalidity, m.uid, m.body, len(m.body), m.internaldate)
+                for m in fetched
+                if m.uid in wanted
+            ),
+            key=lambda m: m.uid,
+        )
 
     def _fetch_header(self, uid: int, size: int) -> FetchedMessage:
         with _translated("UID FETCH BODY.PEEK[HEADER]"):
