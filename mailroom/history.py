@@ -6,7 +6,7 @@ was queued. Both are bounded: the hash expires after ``history_ttl`` seconds, an
 set (and deletes the trimmed hashes) to entries younger than ``history_ttl`` and at most
 ``history_max_entries`` of them, so the history never grows without bound.
 
-The record is written atomically with the enqueue (``record_fields``, in mailroom.queue's script); the
+The record is written atomically with the enqueue (``record_values``, in mailroom.queue's script); the
 worker and ``mailroom requeue`` update its status with ``set_status``, which never recreates a record that
 has expired.
 """
@@ -122,21 +122,33 @@ def add_to_pipeline(
     trim_in_pipeline(pipe, ttl, max_entries, now)
 
 
+# The fields of a newly queued message's record, in the order record_values() gives their values.
+RECORD_FIELDS = (
+    "mailbox", "status", "queued_at", "updated_at", "trail",
+    "message_id", "key", "from", "subject", "auto_reply",
+)  # fmt: skip
+
+
 def record_fields(payload: JobPayload, now: float) -> dict[str, str]:
-    """The hash of a newly queued message (mailroom.queue writes it inside its enqueue script)."""
+    """The hash of a newly queued message."""
+    return dict(zip(RECORD_FIELDS, record_values(payload, now), strict=True))
+
+
+def record_values(payload: JobPayload, now: float) -> list[str]:
+    """The values of :data:`RECORD_FIELDS` (mailroom.queue's enqueue script sends the names once a batch)."""
     iso = datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds")
-    return {
-        "mailbox": payload.mailbox,
-        "status": Status.QUEUED.value,
-        "queued_at": repr(now),
-        "updated_at": iso,
-        "trail": f"{Status.QUEUED.value}@{iso}",
-        "message_id": payload.message_id or "",
-        "key": payload.key or "",
-        "from": payload.from_address or "",
-        "subject": (payload.subject or "")[:300],
-        "auto_reply": "1" if (payload.auto_reply or payload.bounce) else "",
-    }
+    return [
+        payload.mailbox,
+        Status.QUEUED.value,
+        repr(now),
+        iso,
+        f"{Status.QUEUED.value}@{iso}",
+        payload.message_id or "",
+        payload.key or "",
+        payload.from_address or "",
+        (payload.subject or "")[:300],
+        "1" if (payload.auto_reply or payload.bounce) else "",
+    ]
 
 
 def trim_in_pipeline(pipe: Pipeline, ttl: int, max_entries: int, now: float) -> None:

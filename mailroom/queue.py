@@ -14,7 +14,7 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -43,7 +43,6 @@ _PER_JOB_FIELDS = frozenset({"data", "description"})
 # RQ's JSON job data is [function, instance, args, kwargs]; the payload is the only argument.
 _DATA_HEAD = ("[" + json.dumps(JOB_FUNCTION) + ", null, [").encode()
 _DATA_TAIL = b"], {}]"
-JobFields = dict[str, bytes | str | int | float]
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 _TIMEOUTS: dict[str, Any] = {"socket_timeout": 10, "socket_connect_timeout": 5}
 
@@ -126,18 +125,19 @@ class MailQueue:
         if not payloads:
             return []
         queue = self.rq_queue(mailbox.queue)
-        job_fields = self._job_template(mailbox, queue)
+        job = self._job_template(mailbox, queue)
         now = time.time()
         history_ttl = self.settings.history_ttl
+        names = history.RECORD_FIELDS if history_ttl > 0 else ()
         job_ids = [job_id_for(p) for p in payloads]
         args: list[Any] = [queue.key, queue.redis_queues_keys, self.settings.guard_ttl, history.INDEX_KEY]
-        args += [history_ttl, repr(now), 0, 0]
+        args += [history_ttl, repr(now), Job.key_for(""), history.RECORD_PREFIX, len(job.shared), len(names)]
+        args += job.shared
+        args += names
         for payload, job_id in zip(payloads, job_ids, strict=True):
-            fields = _flat(job_fields(payload))
-            record = _flat(history.record_fields(payload, now)) if history_ttl > 0 else []
-            args[6], args[7] = len(fields), len(record)  # the same for every message of a batch
-            args += [guard_key(payload), job_id, Job.key_for(job_id), *fields, history.RECORD_PREFIX + job_id]
-            args += record
+            args += (guard_key(payload), job_id, job.data(payload), job.description(payload))
+            if names:
+                args += history.record_values(payload, now)
         try:
             with self.connection.pipeline(transaction=False) as pipe:
                 self._script(args=args, client=pipe)
@@ -151,13 +151,14 @@ class MailQueue:
             for payload, job_id, new in zip(payloads, job_ids, created, strict=True)
         ]
 
-    def _job_template(self, mailbox: MailboxConfig, queue: Queue) -> Callable[[JobPayload], JobFields]:
-        """The RQ job hash for a payload, as ``Queue.enqueue_call`` would store it.
+    def _job_template(self, mailbox: MailboxConfig, queue: Queue) -> JobTemplate:
+        """The RQ job hash for this mailbox's messages, as ``Queue.enqueue_call`` would store it.
 
         RQ builds, zlib-compresses and saves a Job object per call, in nine commands: most of the watcher's
         time went there. Here RQ builds one prototype job per batch (so every option keeps RQ's own
-        encoding) and each message adds only its data and description, uncompressed (RQ reads both forms).
-        tests/integration/test_queue_format.py holds this to what RQ itself writes.
+        encoding): the script gets its fields once, and each message adds only its data and description,
+        uncompressed (RQ reads both forms). tests/integration/test_queue_format.py holds this to what RQ
+        itself writes.
         """
         retry = Retry(max=len(mailbox.retries), interval=list(mailbox.retries)) if mailbox.retries else None
         prototype = queue.create_job(
@@ -171,39 +172,56 @@ class MailQueue:
         )
         prototype.origin = queue.name
         prototype.enqueued_at = now()
-        base: JobFields = {
-            k: v for k, v in prototype.to_dict().items() if v is not None and k not in _PER_JOB_FIELDS
-        }
-
-        def fields(payload: JobPayload) -> JobFields:
-            data = b"".join((_DATA_HEAD, payload.to_json_bytes(), _DATA_TAIL))
-            description = f"email {payload.mailbox} {source_id(payload)} <{payload.message_id or ''}>"
-            return {**base, "data": data, "description": description}
-
-        return fields
+        shared = [
+            item
+            for name, value in prototype.to_dict().items()
+            if value is not None and name not in _PER_JOB_FIELDS
+            for item in (name, value)
+        ]
+        return JobTemplate(shared)
 
 
-def _flat(mapping: JobFields | dict[str, str]) -> list[Any]:
-    return [item for pair in mapping.items() for item in pair]
+@dataclass(frozen=True)
+class JobTemplate:
+    """One batch's RQ job hash: the fields every job shares (names and values, flat), and the two that
+    differ per message."""
+
+    shared: list[bytes | str | int | float]
+
+    @staticmethod
+    def data(payload: JobPayload) -> bytes:
+        return b"".join((_DATA_HEAD, payload.to_json_bytes(), _DATA_TAIL))
+
+    @staticmethod
+    def description(payload: JobPayload) -> str:
+        return f"email {payload.mailbox} {source_id(payload)} <{payload.message_id or ''}>"
 
 
-# ARGV: queue key, queue set key, guard ttl, history index, history ttl, now, job field count (names and
-# values), history field count, then per message: guard key, job id, job key, job fields, history key,
-# history fields. Returns 1 per message enqueued now, 0 per message whose guard already existed.
+# ARGV: queue key, queue set key, guard ttl, history index, history ttl, now, job key prefix, history key
+# prefix, then the count of shared job field items (names and values, flat) and of history field names,
+# those items, those names; then per message: guard key, job id, data, description, and one value per
+# history field name. Returns 1 per message enqueued now, 0 per message whose guard already existed.
 _ENQUEUE_BATCH = """
 local queue_key, queues_key, guard_ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local index_key, history_ttl, now = ARGV[4], tonumber(ARGV[5]), ARGV[6]
-local nj, nh = tonumber(ARGV[7]), tonumber(ARGV[8])
+local job_prefix, history_prefix = ARGV[7], ARGV[8]
+local nj, nh = tonumber(ARGV[9]), tonumber(ARGV[10])
+local job, record = {}, {}
+for k = 1, nj do job[k] = ARGV[10 + k] end
+job[nj + 1], job[nj + 3] = 'data', 'description'
+for k = 1, nh do record[2 * k - 1] = ARGV[10 + nj + k] end
 local created = {}
-local i = 9
+local i = 11 + nj + nh
 while i <= #ARGV do
-  local guard, job_id, job_key = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local history_key = ARGV[i + 3 + nj]
+  local guard, job_id = ARGV[i], ARGV[i + 1]
   if redis.call('SET', guard, job_id, 'NX', 'EX', guard_ttl) then
-    redis.call('HSET', job_key, unpack(ARGV, i + 3, i + 2 + nj))
+    job[nj + 2], job[nj + 4] = ARGV[i + 2], ARGV[i + 3]
+    redis.call('HSET', job_prefix .. job_id, unpack(job))
     redis.call('RPUSH', queue_key, job_id)
     if nh > 0 then
-      redis.call('HSET', history_key, unpack(ARGV, i + 4 + nj, i + 3 + nj + nh))
+      for k = 1, nh do record[2 * k] = ARGV[i + 3 + k] end
+      local history_key = history_prefix .. job_id
+      redis.call('HSET', history_key, unpack(record))
       redis.call('EXPIRE', history_key, history_ttl)
       redis.call('ZADD', index_key, now, job_id)
     end
@@ -211,7 +229,7 @@ while i <= #ARGV do
   else
     created[#created + 1] = 0
   end
-  i = i + 4 + nj + nh
+  i = i + 4 + nh
 end
 redis.call('SADD', queues_key, queue_key)
 return created
