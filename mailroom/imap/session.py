@@ -80,6 +80,29 @@ def tls_context(config: MailboxConfig) -> ssl.SSLContext:
     return context
 
 
+@dataclass(frozen=True)
+class _Fetched:
+    messages: list[FetchedMessage]  # in UID order
+    left: dict[int, int]  # UID -> size of the bodies dropped as they came (see ImapSession.fetch)
+
+
+class _Budget:
+    """Which bodies one FETCH keeps: each at most ``max_size``, together at most ``max_batch_bytes``
+    (but always the first that is not over ``max_size``)."""
+
+    def __init__(self, max_size: int, max_batch_bytes: int) -> None:
+        self.max_size = max_size
+        self.room = max_batch_bytes
+        self.kept = 0
+
+    def keep(self, size: int) -> bool:
+        if size > self.max_size or (self.kept and size > self.room):
+            return False
+        self.kept += 1
+        self.room -= size
+        return True
+
+
 class ImapSession:
     """A logged-in connection with one folder selected."""
 
@@ -176,53 +199,45 @@ class ImapSession:
     ) -> Iterator[list[FetchedMessage]]:
         """Yield the messages in chunks of at most ``max_batch_bytes`` (at least one message each).
 
-        One SEARCH ... LARGER finds the messages too big for an even share of ``max_batch_bytes``; the
-        rest (nearly always all of them) come in one FETCH. Only the big ones have their sizes fetched
-        first, so a message over ``max_size`` is never downloaded whole: only its header is, and it is
-        yielded with ``truncated=True``.
+        One FETCH asks for every body; as they stream in, a body over ``max_size``, or one that would
+        take the chunk past ``max_batch_bytes``, is read and dropped rather than kept. Sizes then known,
+        the dropped ones that fit are fetched again in chunks that fit (so each is downloaded at most
+        twice), and one over ``max_size`` only by its header: it is yielded with ``truncated=True``.
+        Nearly always everything fits and this is one command.
         """
         if not uids:
             return
-        share = max(1, min(max_size, max_batch_bytes // len(uids)))
-        with _translated("UID SEARCH LARGER"):
-            large = set(self._client.search(["UID", _uid_set(uids), "LARGER", str(share)]))
-        small = [uid for uid in uids if uid not in large]
-        if small:
-            yield self._fetch_bodies(small)
-        if not large:
-            return
-        with _translated("UID FETCH RFC822.SIZE"):
-            meta = self._client.fetch(sorted(large), ["RFC822.SIZE"])
+        first = self._fetch_bodies(uids, _Budget(max_size, max_batch_bytes).keep)
+        if first.messages:
+            yield first.messages
         chunk: list[int] = []
         chunk_bytes = 0
-        for uid in sorted(large):
-            if uid not in meta:
-                continue  # expunged meanwhile by someone else
-            size = int(meta[uid].get(b"RFC822.SIZE", 0))
+        for uid, size in sorted(first.left.items()):
             if size > max_size:
                 yield [self._fetch_header(uid, size)]
                 continue
             if chunk and chunk_bytes + size > max_batch_bytes:
-                yield self._fetch_bodies(chunk)
+                yield self._fetch_bodies(chunk).messages
                 chunk, chunk_bytes = [], 0
             chunk.append(uid)
             chunk_bytes += size
         if chunk:
-            yield self._fetch_bodies(chunk)
+            yield self._fetch_bodies(chunk).messages
 
-    def _fetch_bodies(self, uids: list[int]) -> list[FetchedMessage]:
+    def _fetch_bodies(self, uids: Sequence[int], keep: Callable[[int], bool] = wire.keep_all) -> _Fetched:
         """The messages among ``uids`` still on the server, in UID order (mailroom.imap.wire reads them)."""
         with _translated("UID FETCH BODY.PEEK[]"):
-            fetched = wire.fetch_bodies(self._client._imap, _uid_set(uids))
+            result = wire.fetch_bodies(self._client._imap, _uid_set(uids), keep)
         wanted = set(uids)
-        return sorted(
+        messages = sorted(
             (
                 FetchedMessage(self.state.uidvalidity, m.uid, m.body, len(m.body), m.internaldate)
-                for m in fetched
+                for m in result.messages
                 if m.uid in wanted
             ),
             key=lambda m: m.uid,
         )
+        return _Fetched(messages, {uid: size for uid, size in result.left.items() if uid in wanted})
 
     def _fetch_header(self, uid: int, size: int) -> FetchedMessage:
         with _translated("UID FETCH BODY.PEEK[HEADER]"):

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeAlias
 
-# A parsed value: an atom or number (bytes), a string or literal (bytes), NIL (None), or a list of them.
-Value: TypeAlias = "bytes | list[Value] | None"
+# A parsed value: an atom or number (bytes), a string or literal (bytes), a dropped body (Left), NIL
+# (None), or a list of them.
+Value: TypeAlias = "bytes | Left | list[Value] | None"
 
 _LITERAL_AT_END = re.compile(rb"\{(\d+)\}$")
 _UNTAGGED = re.compile(rb"\* (\d+) ([A-Za-z]+)(?: (.*))?$", re.DOTALL)
@@ -39,6 +40,7 @@ _MONTHS = {
     )
 }
 _LITERAL = object()  # stands for "the next literal" in a token stream
+_DROP_CHUNK = 1024 * 1024  # a dropped body is read in pieces this large
 
 
 class ProtocolError(imaplib.IMAP4.abort):
@@ -54,8 +56,30 @@ class Fetched:
     internaldate: datetime | None
 
 
-def fetch_bodies(imap: imaplib.IMAP4, uid_set: str) -> list[Fetched]:
-    """``UID FETCH uid_set (BODY.PEEK[] INTERNALDATE)``: the messages that came with a body, in order.
+@dataclass(frozen=True)
+class Left:
+    """A body that was read off the wire and dropped, not kept: ``keep`` said no to its size."""
+
+    size: int
+
+
+@dataclass
+class FetchResult:
+    messages: list[Fetched]  # in the order the server sent them
+    left: dict[int, int]  # UID -> size of each body dropped
+
+
+def keep_all(size: int) -> bool:
+    return True
+
+
+def fetch_bodies(imap: imaplib.IMAP4, uid_set: str, keep: Callable[[int], bool] = keep_all) -> FetchResult:
+    """``UID FETCH uid_set (BODY.PEEK[] INTERNALDATE)``: the messages that came with a body.
+
+    ``keep(size)`` is asked, in arrival order, about each body before it is read: a body it refuses is
+    read in small pieces and dropped (listed in ``left`` with its size), so memory stays bounded by what
+    the caller keeps, without asking the server for sizes first (a second pass over every message file
+    for Dovecot).
 
     Raises imaplib.IMAP4.error if the server answers NO or BAD, imaplib.IMAP4.abort on BYE, EOF or
     anything unparseable (the caller drops the connection), OSError from the socket.
@@ -63,14 +87,15 @@ def fetch_bodies(imap: imaplib.IMAP4, uid_set: str) -> list[Fetched]:
     tag = imap._new_tag()
     try:
         imap.send(tag + b" UID FETCH " + uid_set.encode("ascii") + b" (BODY.PEEK[] INTERNALDATE)\r\n")
-        return collect_messages(read_responses(imap.readline, imap.read, tag), imap.untagged_responses)
+        responses = read_responses(imap.readline, imap.read, tag, keep)
+        return collect_messages(responses, imap.untagged_responses)
     finally:
         imap.tagged_commands.pop(tag, None)
 
 
 def collect_messages(
     responses: Iterator[tuple[bytes, bytes, list[Value]]], untagged: dict[str, list[Any]]
-) -> list[Fetched]:
+) -> FetchResult:
     """The messages in ``responses``; other numbered responses are filed in ``untagged`` as imaplib
     files them (``{"EXISTS": [b"12"]}``). A server may split one message's data over several FETCH
     responses (RFC 3501 7.4.2): they are merged by message number."""
@@ -84,11 +109,27 @@ def collect_messages(
                 by_number[number] = items
         else:
             untagged.setdefault(kind.decode("ascii"), []).append(number)
-    return [m for m in map(_message, by_number.values()) if m is not None]
+    result = FetchResult([], {})
+    for items in by_number.values():
+        uid, body = items.get(b"UID"), items.get(b"BODY[]")
+        if not isinstance(uid, bytes) or not (isinstance(body, bytes | Left)):
+            continue  # no body: a flag update, or an expunged message some servers answer with NIL
+        if not uid.isdigit():
+            raise ProtocolError(f"UID is not a number: {uid[:40]!r}")
+        if isinstance(body, Left):
+            result.left[int(uid)] = body.size
+            continue
+        date = items.get(b"INTERNALDATE")
+        internaldate = parse_internaldate(date) if isinstance(date, bytes) else None
+        result.messages.append(Fetched(int(uid), body, internaldate))
+    return result
 
 
 def read_responses(
-    readline: Callable[[], bytes], read: Callable[[int], bytes], tag: bytes
+    readline: Callable[[], bytes],
+    read: Callable[[int], bytes],
+    tag: bytes,
+    keep: Callable[[int], bool] = keep_all,
 ) -> Iterator[tuple[bytes, bytes, list[Value]]]:
     """(number, TYPE, data) for each numbered untagged response until the tagged one for ``tag``.
 
@@ -118,7 +159,7 @@ def read_responses(
         if kind != b"FETCH":
             yield number, kind, []
             continue
-        yield number, kind, _fetch_data(match.group(3) or b"", readline, read)
+        yield number, kind, _fetch_data(match.group(3) or b"", readline, read, keep)
 
 
 def _line(readline: Callable[[], bytes]) -> bytes:
@@ -138,9 +179,12 @@ def _exactly(read: Callable[[int], bytes], size: int) -> bytes:
     return data
 
 
-def _fetch_data(first: bytes, readline: Callable[[], bytes], read: Callable[[int], bytes]) -> list[Value]:
+def _fetch_data(
+    first: bytes, readline: Callable[[], bytes], read: Callable[[int], bytes], keep: Callable[[int], bool]
+) -> list[Value]:
     """The parenthesised FETCH data that starts with ``first`` (the rest of the ``* n FETCH`` line),
-    reading the literals and continuation lines it announces."""
+    reading the literals and continuation lines it announces; a BODY[] literal ``keep`` refuses is
+    dropped as it is read and stands as :class:`Left`."""
     tokens: list[object] = []
     line = first
     while True:
@@ -149,13 +193,23 @@ def _fetch_data(first: bytes, readline: Callable[[], bytes], read: Callable[[int
             _tokenize(line, tokens)
             break
         _tokenize(line[: literal.start()], tokens)
+        size = int(literal.group(1))
         tokens.append(_LITERAL)
-        tokens.append(_exactly(read, int(literal.group(1))))
+        if tokens[-2:-1] == [b"BODY[]"] and not keep(size):
+            _drop(read, size)
+            tokens.append(Left(size))
+        else:
+            tokens.append(_exactly(read, size))
         line = _line(readline)
     value, end = _parse(tokens, 0)
     if end != len(tokens) or not isinstance(value, list):
         raise ProtocolError("FETCH data is not one parenthesised list")
     return value
+
+
+def _drop(read: Callable[[int], bytes], size: int) -> None:
+    while size > 0:
+        size -= len(_exactly(read, min(size, _DROP_CHUNK)))
 
 
 def _tokenize(text: bytes, out: list[object]) -> None:
@@ -210,20 +264,6 @@ def fetch_items(data: list[Value]) -> dict[bytes, Value]:
             raise ProtocolError("FETCH data item name is not an atom")
         items[name.upper()] = data[k + 1]
     return items
-
-
-def _message(items: dict[bytes, Value]) -> Fetched | None:
-    """The message in one message's FETCH data, or None without a body (a flag update, an expunged
-    message some servers answer with NIL)."""
-    uid, body = items.get(b"UID"), items.get(b"BODY[]")
-    if not isinstance(uid, bytes) or not isinstance(body, bytes):
-        return None
-    if not uid.isdigit():
-        raise ProtocolError(f"UID is not a number: {uid[:40]!r}")
-    internaldate = items.get(b"INTERNALDATE")
-    return Fetched(
-        int(uid), body, parse_internaldate(internaldate) if isinstance(internaldate, bytes) else None
-    )
 
 
 def parse_internaldate(text: bytes) -> datetime | None:

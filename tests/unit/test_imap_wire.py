@@ -33,7 +33,9 @@ def stream(*responses: Response, end: bytes = TAG + b" OK Fetch completed.\r\n")
 
 def ours(wire: io.BytesIO) -> tuple[list[Fetched], dict[str, list[object]]]:
     untagged: dict[str, list[object]] = {}
-    return collect_messages(read_responses(wire.readline, wire.read, TAG), untagged), untagged
+    result = collect_messages(read_responses(wire.readline, wire.read, TAG), untagged)
+    assert not result.left
+    return result.messages, untagged
 
 
 def fetch_response(number: int, pieces: list[tuple[bytes, bytes | None]]) -> Response:
@@ -158,6 +160,33 @@ def test_status_responses_and_their_literals_are_skipped() -> None:
     fetched, untagged = ours(stream(status, message))
     assert [m.uid for m in fetched] == [3]
     assert untagged == {}
+
+
+def test_bodies_keep_refuses_are_dropped_as_they_stream_and_listed_with_their_size() -> None:
+    sizes = {1: 10, 2: 3_000_000, 3: 20}  # the middle one spans several read pieces
+    wire = stream(
+        *(
+            fetch_response(
+                uid,
+                [
+                    (b"(UID %d BODY[] " % uid, bytes([64 + uid]) * size),
+                    (b' INTERNALDATE "01-Feb-2026 10:00:00 +0000")', None),
+                ],
+            )
+            for uid, size in sizes.items()
+        )
+    )
+    asked: list[int] = []
+
+    def keep(size: int) -> bool:
+        asked.append(size)
+        return size < 1000
+
+    result = collect_messages(read_responses(wire.readline, wire.read, TAG, keep), {})
+    assert asked == [10, 3_000_000, 20]
+    assert [(m.uid, m.body) for m in result.messages] == [(1, b"A" * 10), (3, b"C" * 20)]
+    assert result.left == {2: 3_000_000}
+    assert wire.read() == b""  # everything was consumed, up to the tagged OK
 
 
 @pytest.mark.parametrize(
