@@ -111,6 +111,7 @@ class ImapSession:
     ) -> None:
         self.config = config
         self._client = client
+        self._pipeline = wire.Pipeline(client._imap)  # this session's own commands (FETCH, STORE \\Seen)
         self.state = state
         self.capabilities = capabilities
 
@@ -176,8 +177,9 @@ class ImapSession:
         action, _ = self.config.after_delivery_action
         criteria = ["UNSEEN", "UNDELETED"] if action is AfterDeliveryAction.SEEN else ["UNDELETED"]
         criteria += ["UNKEYWORD", PARKED]
-        self._forget_activity()
         with _translated("UID SEARCH"):
+            self._pipeline.drain()  # first: what it announces is covered by this SEARCH
+            self._forget_activity()
             return sorted(int(uid) for uid in self._client.search(criteria))
 
     def saw_activity(self) -> bool:
@@ -195,39 +197,56 @@ class ImapSession:
             untagged.pop(name, None)
 
     def fetch(
-        self, uids: Sequence[int], max_size: int, max_batch_bytes: int
+        self, uids: Sequence[int], batch_size: int, max_size: int, max_batch_bytes: int
     ) -> Iterator[list[FetchedMessage]]:
-        """Yield the messages in chunks of at most ``max_batch_bytes`` (at least one message each).
+        """Yield the messages in chunks of at most ``batch_size`` messages and ``max_batch_bytes``
+        (at least one message each), in UID order.
 
-        One FETCH asks for every body; as they stream in, a body over ``max_size``, or one that would
-        take the chunk past ``max_batch_bytes``, is read and dropped rather than kept. Sizes then known,
-        the dropped ones that fit are fetched again in chunks that fit (so each is downloaded at most
-        twice), and one over ``max_size`` only by its header: it is yielded with ``truncated=True``.
-        Nearly always everything fits and this is one command.
+        The next chunk's FETCH is sent before the current chunk is yielded, so the server prepares it
+        while the caller delivers (mailroom.imap.wire.Pipeline). As bodies stream in, one over
+        ``max_size``, or one that would take the chunk past ``max_batch_bytes``, is read and dropped
+        rather than kept. Sizes then known, the dropped ones that fit are fetched again in chunks that
+        fit (so each is downloaded at most twice), and one over ``max_size`` only by its header: it is
+        yielded with ``truncated=True``. Nearly always everything fits, in one FETCH per chunk.
         """
-        if not uids:
+        chunks = [uids[i : i + batch_size] for i in range(0, len(uids), batch_size)]
+        if not chunks:
             return
-        first = self._fetch_bodies(uids, _Budget(max_size, max_batch_bytes).keep)
-        if first.messages:
-            yield first.messages
-        chunk: list[int] = []
+        left: dict[int, int] = {}
+        with _translated("UID FETCH BODY.PEEK[]"):
+            ahead = self._pipeline.fetch(_uid_set(chunks[0]), _Budget(max_size, max_batch_bytes).keep)
+        for i, chunk in enumerate(chunks):
+            with _translated("UID FETCH BODY.PEEK[]"):
+                result = self._pipeline.wait(ahead)
+                if i + 1 < len(chunks):
+                    ahead = self._pipeline.fetch(
+                        _uid_set(chunks[i + 1]), _Budget(max_size, max_batch_bytes).keep
+                    )
+            fetched = self._fetched(chunk, result)
+            left.update(fetched.left)
+            if fetched.messages:
+                yield fetched.messages
+        chunk_uids: list[int] = []
         chunk_bytes = 0
-        for uid, size in sorted(first.left.items()):
+        for uid, size in sorted(left.items()):
             if size > max_size:
                 yield [self._fetch_header(uid, size)]
                 continue
-            if chunk and chunk_bytes + size > max_batch_bytes:
-                yield self._fetch_bodies(chunk).messages
-                chunk, chunk_bytes = [], 0
-            chunk.append(uid)
+            if chunk_uids and chunk_bytes + size > max_batch_bytes:
+                yield self._fetch_now(chunk_uids)
+                chunk_uids, chunk_bytes = [], 0
+            chunk_uids.append(uid)
             chunk_bytes += size
-        if chunk:
-            yield self._fetch_bodies(chunk).messages
+        if chunk_uids:
+            yield self._fetch_now(chunk_uids)
 
-    def _fetch_bodies(self, uids: Sequence[int], keep: Callable[[int], bool] = wire.keep_all) -> _Fetched:
-        """The messages among ``uids`` still on the server, in UID order (mailroom.imap.wire reads them)."""
+    def _fetch_now(self, uids: Sequence[int]) -> list[FetchedMessage]:
         with _translated("UID FETCH BODY.PEEK[]"):
-            result = wire.fetch_bodies(self._client._imap, _uid_set(uids), keep)
+            result = self._pipeline.wait(self._pipeline.fetch(_uid_set(uids)))
+        return self._fetched(uids, result).messages
+
+    def _fetched(self, uids: Sequence[int], result: wire.FetchResult) -> _Fetched:
+        """What a FETCH of ``uids`` brought, in UID order (a server may add a message we did not ask for)."""
         wanted = set(uids)
         messages = sorted(
             (
@@ -241,6 +260,7 @@ class ImapSession:
 
     def _fetch_header(self, uid: int, size: int) -> FetchedMessage:
         with _translated("UID FETCH BODY.PEEK[HEADER]"):
+            self._pipeline.drain()
             data = self._client.fetch([uid], ["BODY.PEEK[HEADER]", "INTERNALDATE"])
         header = data.get(uid, {}).get(b"BODY[HEADER]", b"")
         internaldate = data.get(uid, {}).get(b"INTERNALDATE")
@@ -253,18 +273,26 @@ class ImapSession:
         if not uids:
             return
         with _translated("mark parked"):
+            self._pipeline.drain()
             self._client.add_flags(list(uids), [SEEN, PARKED.encode()], silent=True)
 
     def mark_done(self, uids: Sequence[int]) -> None:
-        """Apply after_delivery to the whole set in one command (two or three for delete and move)."""
+        """Apply after_delivery to the whole set in one command (two or three for delete and move).
+
+        \\Seen is sent and not waited for: its answer is read with the next command's (a FETCH already
+        sent is answered first), and a refusal fails that command, so the session is dropped and the
+        messages, still unmarked, are offered again (their guard keeps them from a second job).
+        """
         if not uids:
             return
         action, folder = self.config.after_delivery_action
         uid_list = list(uids)
         with _translated(f"mark {action.value}"):
             if action is AfterDeliveryAction.SEEN:
-                self._client.add_flags(uid_list, [SEEN], silent=True)
-            elif action is AfterDeliveryAction.MOVE and b"MOVE" in self.capabilities:
+                self._pipeline.add_flags(_uid_set(uid_list), SEEN)
+                return
+            self._pipeline.drain()
+            if action is AfterDeliveryAction.MOVE and b"MOVE" in self.capabilities:
                 self._client.move(uid_list, folder)
             else:
                 if action is AfterDeliveryAction.MOVE:
@@ -286,6 +314,7 @@ class ImapSession:
         deadline = time.monotonic() + seconds
         woke = False
         with _translated("IDLE"):
+            self._pipeline.drain()
             self._client.idle()
             try:
                 while not woke and not should_stop():
@@ -331,6 +360,7 @@ class ImapSession:
     def noop(self) -> bool:
         """NOOP; True if its responses announce new mail."""
         with _translated("NOOP"):
+            self._pipeline.drain()
             _, responses = self._client.noop()
         return any(_is_activity(r) for r in responses)
 
@@ -338,6 +368,7 @@ class ImapSession:
         """Log out if the server still answers; never raises."""
         try:
             self._client.socket().settimeout(2.0)
+            self._pipeline.drain()
             self._client.logout()
         except (imaplib.IMAP4.error, OSError, ValueError):
             _shutdown_quietly(self._client)

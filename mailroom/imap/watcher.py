@@ -34,7 +34,7 @@ class Session(Protocol):
     def pending_uids(self) -> list[int]: ...
     def saw_activity(self) -> bool: ...
     def fetch(
-        self, uids: Sequence[int], max_size: int, max_batch_bytes: int
+        self, uids: Sequence[int], batch_size: int, max_size: int, max_batch_bytes: int
     ) -> Iterator[list[FetchedMessage]]: ...
     def mark_done(self, uids: Sequence[int]) -> None: ...
     def park(self, uids: Sequence[int]) -> None: ...
@@ -186,12 +186,13 @@ class MailboxWatcher:
                 if session.saw_activity():
                     continue  # new mail was announced while we searched: search again, don't IDLE on it
                 return
-            for start in range(0, len(uids), self.config.batch_size):
-                chunk = uids[start : start + self.config.batch_size]
-                for batch in session.fetch(chunk, self.config.max_message_size, self.limits.max_batch_bytes):
-                    self._deliver(session, batch)
-                    if self.stop.is_set():
-                        return
+            batches = session.fetch(
+                uids, self.config.batch_size, self.config.max_message_size, self.limits.max_batch_bytes
+            )
+            for batch in batches:
+                self._deliver(session, batch)
+                if self.stop.is_set():
+                    return
 
     def _deliver(self, session: Session, batch: list[FetchedMessage]) -> None:
         if not batch:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import imaplib
 import re
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -73,24 +74,83 @@ def keep_all(size: int) -> bool:
     return True
 
 
-def fetch_bodies(imap: imaplib.IMAP4, uid_set: str, keep: Callable[[int], bool] = keep_all) -> FetchResult:
-    """``UID FETCH uid_set (BODY.PEEK[] INTERNALDATE)``: the messages that came with a body.
+@dataclass
+class Command:
+    """A command sent on the connection, and once its answer has been read, what that answer held."""
 
-    ``keep(size)`` is asked, in arrival order, about each body before it is read: a body it refuses is
-    read in small pieces and dropped (listed in ``left`` with its size), so memory stays bounded by what
-    the caller keeps, without asking the server for sizes first (a second pass over every message file
-    for Dovecot).
+    tag: bytes
+    name: str  # for error messages: "UID FETCH BODY.PEEK[]"
+    keep: Callable[[int], bool]
+    result: FetchResult | None = None
 
-    Raises imaplib.IMAP4.error if the server answers NO or BAD, imaplib.IMAP4.abort on BYE, EOF or
-    anything unparseable (the caller drops the connection), OSError from the socket.
+
+class Pipeline:
+    """Commands sent on one connection whose answers are read later, in the order they were sent.
+
+    RFC 3501 (5.5) lets a client send a command before the previous ones complete; the server answers
+    in order. The watcher sends the next chunk's FETCH before it delivers the current chunk, and its
+    STORE after, so Dovecot reads message files and renames them while Python parses and Redis
+    writes, instead of each waiting for the other. Anything read on the way that is not FETCH data
+    (EXISTS, EXPUNGE ...) is filed where imaplib files it.
     """
-    tag = imap._new_tag()
-    try:
-        imap.send(tag + b" UID FETCH " + uid_set.encode("ascii") + b" (BODY.PEEK[] INTERNALDATE)\r\n")
-        responses = read_responses(imap.readline, imap.read, tag, keep)
-        return collect_messages(responses, imap.untagged_responses)
-    finally:
-        imap.tagged_commands.pop(tag, None)
+
+    def __init__(self, imap: imaplib.IMAP4) -> None:
+        self.imap = imap
+        self._unread: deque[Command] = deque()
+
+    def fetch(self, uid_set: str, keep: Callable[[int], bool] = keep_all) -> Command:
+        """Send ``UID FETCH uid_set (BODY.PEEK[] INTERNALDATE)``.
+
+        ``keep(size)`` will be asked, in arrival order, about each body before it is read: a body it
+        refuses is read in small pieces and dropped (listed in ``left`` with its size), so memory stays
+        bounded by what the caller keeps, without asking the server for sizes first (for Dovecot, a
+        second pass over every message file).
+        """
+        command = b"UID FETCH " + uid_set.encode("ascii") + b" (BODY.PEEK[] INTERNALDATE)"
+        return self._send(command, "UID FETCH BODY.PEEK[]", keep)
+
+    def add_flags(self, uid_set: str, flags: bytes) -> Command:
+        """Send ``UID STORE uid_set +FLAGS.SILENT (flags)``."""
+        command = b"UID STORE " + uid_set.encode("ascii") + b" +FLAGS.SILENT (" + flags + b")"
+        return self._send(command, "UID STORE", keep_all)
+
+    def wait(self, command: Command) -> FetchResult:
+        """Read answers up to and including ``command``'s; what it fetched.
+
+        Raises imaplib.IMAP4.error if a command was answered NO or BAD, imaplib.IMAP4.abort on BYE, EOF
+        or anything unparseable (the caller drops the connection), OSError from the socket.
+        """
+        while command.result is None:
+            self._read_next()
+        return command.result
+
+    def drain(self) -> None:
+        """Read every answer still due: before a command that reads its own answer (imapclient's)."""
+        while self._unread:
+            self._read_next()
+
+    def _send(self, command: bytes, name: str, keep: Callable[[int], bool]) -> Command:
+        sent = Command(self.imap._new_tag(), name, keep)
+        self._unread.append(sent)
+        self.imap.send(sent.tag + b" " + command + b"\r\n")
+        return sent
+
+    def _read_next(self) -> None:
+        command = self._unread[0]
+        try:
+            responses = read_responses(
+                self.imap.readline, self.imap.read, command.tag, command.keep, command.name
+            )
+            command.result = collect_messages(responses, self.imap.untagged_responses)
+        finally:
+            self._unread.popleft()  # answered, or the connection is beyond use
+            self.imap.tagged_commands.pop(command.tag, None)
+
+
+def fetch_bodies(imap: imaplib.IMAP4, uid_set: str, keep: Callable[[int], bool] = keep_all) -> FetchResult:
+    """``UID FETCH uid_set (BODY.PEEK[] INTERNALDATE)`` and its answer: see :meth:`Pipeline.fetch`."""
+    pipeline = Pipeline(imap)
+    return pipeline.wait(pipeline.fetch(uid_set, keep))
 
 
 def collect_messages(
@@ -98,30 +158,29 @@ def collect_messages(
 ) -> FetchResult:
     """The messages in ``responses``; other numbered responses are filed in ``untagged`` as imaplib
     files them (``{"EXISTS": [b"12"]}``). A server may split one message's data over several FETCH
-    responses (RFC 3501 7.4.2): they are merged by message number."""
-    by_number: dict[bytes, dict[bytes, Value]] = {}
+    responses (RFC 3501 7.4.2), each with the UID (6.4.8): they are merged by UID. FETCH data without
+    a UID is an unsolicited flag update, and ignored."""
+    by_uid: dict[int, dict[bytes, Value]] = {}
     for number, kind, data in responses:
-        if kind == b"FETCH":
-            items = fetch_items(data)
-            if number in by_number:
-                by_number[number].update(items)
-            else:
-                by_number[number] = items
-        else:
+        if kind != b"FETCH":
             untagged.setdefault(kind.decode("ascii"), []).append(number)
-    result = FetchResult([], {})
-    for items in by_number.values():
-        uid, body = items.get(b"UID"), items.get(b"BODY[]")
-        if not isinstance(uid, bytes) or not (isinstance(body, bytes | Left)):
-            continue  # no body: a flag update, or an expunged message some servers answer with NIL
-        if not uid.isdigit():
-            raise ProtocolError(f"UID is not a number: {uid[:40]!r}")
-        if isinstance(body, Left):
-            result.left[int(uid)] = body.size
             continue
-        date = items.get(b"INTERNALDATE")
-        internaldate = parse_internaldate(date) if isinstance(date, bytes) else None
-        result.messages.append(Fetched(int(uid), body, internaldate))
+        items = fetch_items(data)
+        uid_text = items.get(b"UID")
+        if not isinstance(uid_text, bytes):
+            continue
+        if not uid_text.isdigit():
+            raise ProtocolError(f"UID is not a number: {uid_text[:40]!r}")
+        by_uid.setdefault(int(uid_text), {}).update(items)
+    result = FetchResult([], {})
+    for uid, items in by_uid.items():
+        body = items.get(b"BODY[]")
+        if isinstance(body, Left):
+            result.left[uid] = body.size
+        elif isinstance(body, bytes):  # else no body: a flag update, or NIL for a message expunged meanwhile
+            date = items.get(b"INTERNALDATE")
+            internaldate = parse_internaldate(date) if isinstance(date, bytes) else None
+            result.messages.append(Fetched(uid, body, internaldate))
     return result
 
 
@@ -130,6 +189,7 @@ def read_responses(
     read: Callable[[int], bytes],
     tag: bytes,
     keep: Callable[[int], bool] = keep_all,
+    name: str = "UID FETCH",
 ) -> Iterator[tuple[bytes, bytes, list[Value]]]:
     """(number, TYPE, data) for each numbered untagged response until the tagged one for ``tag``.
 
@@ -144,9 +204,9 @@ def read_responses(
             status = line[len(done) :].split(b" ", 1)[0].upper()
             if status == b"OK":
                 return
-            raise imaplib.IMAP4.error(f"UID FETCH: {line.decode('utf-8', 'replace')[:300]}")
+            raise imaplib.IMAP4.error(f"{name}: {line.decode('utf-8', 'replace')[:300]}")
         if not line.startswith(b"* "):
-            raise ProtocolError(f"unexpected line during FETCH: {line[:200]!r}")
+            raise ProtocolError(f"unexpected line during {name}: {line[:200]!r}")
         match = _UNTAGGED.match(line)
         if match is None:
             if line[2:5].upper() == b"BYE":

@@ -27,7 +27,7 @@ def test_fetch_keeps_to_the_budget_and_truncates_only_what_is_too_big(imap_accou
     session = ImapSession.open(config)
     try:
         uids = session.pending_uids()
-        batches = list(session.fetch(uids, max_size=200_000, max_batch_bytes=60_000))
+        batches = list(session.fetch(uids, batch_size=4, max_size=200_000, max_batch_bytes=60_000))
     finally:
         session.close()
 
@@ -43,3 +43,4 @@ def test_fetch_keeps_to_the_budget_and_truncates_only_what_is_too_big(imap_accou
             assert not m.truncated and m.raw == original and m.internaldate is not None
     for batch in batches:
         assert len(batch) == 1 or sum(m.size for m in batch) <= 60_000, [m.size for m in batch]
+        assert len(batch) <= 4

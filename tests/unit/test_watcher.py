@@ -46,7 +46,7 @@ class FakeSession:
         return announced
 
     def fetch(
-        self, uids: Sequence[int], max_size: int, max_batch_bytes: int
+        self, uids: Sequence[int], batch_size: int, max_size: int, max_batch_bytes: int
     ) -> Iterator[list[FetchedMessage]]:
         for uid in uids:
             yield [FetchedMessage(7, uid, self.messages[uid], len(self.messages[uid]), None)]
@@ -194,7 +194,7 @@ def test_announced_mail_after_a_renewal_is_fetched():
 def test_a_truncated_message_is_parked_never_marked_done():
     """With after_delivery: delete, marking a header-only job's message done would destroy it."""
     session = FakeSession({1: b"a", 2: b"big"})
-    session.fetch = lambda uids, max_size, max_bytes: iter(
+    session.fetch = lambda uids, batch_size, max_size, max_bytes: iter(
         [[FetchedMessage(7, 1, b"a", 1, None), FetchedMessage(7, 2, b"header", 10**9, None, truncated=True)]]
     )
     session.pending_uids = lambda: [] if session.marked or session.parked else [1, 2]
