@@ -190,7 +190,8 @@ class JobTemplate:
 
     @staticmethod
     def data(payload: JobPayload) -> bytes:
-        return b"".join((_DATA_HEAD, payload.to_json_bytes(), _DATA_TAIL))
+        head, raw, tail = payload.json_parts()
+        return b"".join((_DATA_HEAD, head, raw, tail, _DATA_TAIL))
 
     @staticmethod
     def description(payload: JobPayload) -> str:
