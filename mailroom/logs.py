@@ -6,8 +6,10 @@ Events are snake_case facts with the mailbox and message ids bound. Never a body
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+import time
 from collections.abc import MutableMapping
 from functools import cache
 from typing import Any
@@ -30,15 +32,32 @@ def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
     return event
 
 
+def timestamp(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """``2026-11-25T14:50:37.785577Z``, as structlog's TimeStamper(fmt="iso", utc=True) writes it, in a
+    third of its time: the watcher logs a line per message."""
+    now = time.time()
+    event["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
+    return event
+
+
+_ENCODER = json.JSONEncoder(default=repr)  # one encoder for every line, not one per json.dumps call
+
+
+def _dumps(event: Any, **_: Any) -> str:
+    return _ENCODER.encode(event)
+
+
 def configure(fmt: str = "auto", level: str = "info") -> None:
     use_json = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
-    renderer: Any = structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
+    renderer: Any = (
+        structlog.processors.JSONRenderer(serializer=_dumps) if use_json else structlog.dev.ConsoleRenderer()
+    )
     numeric_level = getattr(logging, level.upper())
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            timestamp,
             redact,
             structlog.processors.format_exc_info,
             renderer,
