@@ -154,6 +154,16 @@ def test_one_message_split_over_two_fetch_responses_is_merged() -> None:
     assert fetched[0].internaldate == datetime(2026, 2, 1, 10, 0, tzinfo=timezone(timedelta(hours=1)))
 
 
+@pytest.mark.parametrize("after_body", [b")", b" FLAGS (\\Seen))", b" RFC822.SIZE 3)"])
+def test_the_usual_shape_and_items_after_the_body(after_body: bytes) -> None:
+    date = b'"01-Feb-2026 10:00:00 +0000"'
+    response = fetch_response(1, [(b"(UID 5 INTERNALDATE " + date + b" BODY[] ", b"abc"), (after_body, None)])
+    fetched, _ = ours(stream(response))
+    assert [(m.uid, m.body, m.internaldate) for m in fetched] == [
+        (5, b"abc", datetime(2026, 2, 1, 10, tzinfo=UTC))
+    ]
+
+
 def test_status_responses_and_their_literals_are_skipped() -> None:
     status = Response(b"* OK [ALERT] {5}\r\nhello\r\n* NO warning\r\n", [])
     message = fetch_response(1, [(b"(UID 3 BODY[] ", b"x"), (b")", None)])
