@@ -102,7 +102,7 @@ def make_sink(mailbox: MailboxConfig, queue: MailQueue) -> AnySink:
                 auto_reply=payload.auto_reply,
                 parse_error=payload.parse_error,
             )
-            _count(mailbox.name, result.new, payload)
+        _count(mailbox.name, results)
 
     return sink
 
@@ -111,11 +111,12 @@ def _observe_arrival(mailbox: str, batch: Sequence[Fetched], results: Sequence[E
     """Arrival (INTERNALDATE) to enqueue, for the messages that got a new job and have an INTERNALDATE."""
     arrived = {m.uid: m.internaldate for m in batch if m.internaldate is not None}
     now = datetime.now(UTC)
+    histogram = metrics.ARRIVAL_TO_ENQUEUE_SECONDS.labels(mailbox)
     for result in results:
         when = arrived.get(result.payload.uid) if result.new else None  # type: ignore[arg-type]
         if when is not None:
             when = when if when.tzinfo else when.replace(tzinfo=UTC)
-            metrics.ARRIVAL_TO_ENQUEUE_SECONDS.labels(mailbox).observe(max(0.0, (now - when).total_seconds()))
+            histogram.observe(max(0.0, (now - when).total_seconds()))
 
 
 def _turning(sink: Sink, status: WatcherStatus) -> Sink:
@@ -128,17 +129,18 @@ def _turning(sink: Sink, status: WatcherStatus) -> Sink:
     return turning_sink
 
 
-def _count(mailbox: str, new: bool, payload: JobPayload) -> None:
-    if not new:
-        metrics.MESSAGES_DUPLICATE.labels(mailbox).inc()
-        return
-    metrics.MESSAGES_ENQUEUED.labels(mailbox).inc()
-    if payload.parse_error:
-        metrics.PARSE_ERRORS.labels(mailbox).inc()
-    if payload.auto_reply or payload.bounce:
-        metrics.AUTO_REPLIES.labels(mailbox).inc()
-    if payload.truncated:
-        metrics.OVERSIZE.labels(mailbox).inc()
+def _count(mailbox: str, results: Sequence[Enqueued]) -> None:
+    """The batch's messages by outcome, one increment per counter."""
+    new = [r.payload for r in results if r.new]
+    for counter, n in (
+        (metrics.MESSAGES_DUPLICATE, len(results) - len(new)),
+        (metrics.MESSAGES_ENQUEUED, len(new)),
+        (metrics.PARSE_ERRORS, sum(1 for p in new if p.parse_error)),
+        (metrics.AUTO_REPLIES, sum(1 for p in new if p.auto_reply or p.bounce)),
+        (metrics.OVERSIZE, sum(1 for p in new if p.truncated)),
+    ):
+        if n:
+            counter.labels(mailbox).inc(n)
 
 
 @dataclass
