@@ -20,8 +20,11 @@ from typing import Any
 from urllib.parse import unquote
 
 import redis
+from redis._parsers import Encoder
+from redis.connection import HiredisRespSerializer, PythonRespSerializer
 from redis.exceptions import RedisError
 from redis.sentinel import Sentinel
+from redis.utils import HIREDIS_AVAILABLE
 from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
@@ -47,6 +50,25 @@ _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 _TIMEOUTS: dict[str, Any] = {"socket_timeout": 10, "socket_connect_timeout": 5}
 
 
+class CommandPacker:
+    """How this client turns a command into bytes: hiredis's packer, the fastest for the thousands of small
+    arguments of an enqueue script, except for a command with a big argument (a large message's job
+    data). hiredis copies every argument into one buffer and that into a bytes object; redis-py's own
+    packer sends a big argument as it is, so a 25 MiB message is not held twice more while it is sent.
+    """
+
+    BIG = 1024 * 1024
+
+    def __init__(self) -> None:
+        self._small = HiredisRespSerializer() if HIREDIS_AVAILABLE else None
+        self._big = PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode)  # type: ignore[no-untyped-call]
+
+    def pack(self, *args: Any) -> list[bytes | memoryview]:
+        if self._small is not None and not any(isinstance(a, bytes) and len(a) > self.BIG for a in args):
+            return self._small.pack(*args)  # type: ignore[no-any-return]
+        return self._big.pack(*args)  # type: ignore[no-untyped-call,no-any-return]
+
+
 def connect(url: str) -> redis.Redis:
     """A Redis client with timeouts, so an unreachable server is an error, not a hang.
 
@@ -55,7 +77,9 @@ def connect(url: str) -> redis.Redis:
     """
     if url.startswith(SENTINEL_SCHEME):
         return _sentinel_master(url)
-    return redis.Redis.from_url(url, **_TIMEOUTS, health_check_interval=30, retry_on_timeout=False)
+    return redis.Redis.from_url(
+        url, **_TIMEOUTS, health_check_interval=30, retry_on_timeout=False, command_packer=CommandPacker()
+    )
 
 
 def _sentinel_master(url: str) -> redis.Redis:
@@ -72,7 +96,7 @@ def _sentinel_master(url: str) -> redis.Redis:
     password = unquote(userinfo.partition(":")[2]) if userinfo else None
     sentinel = Sentinel(nodes, **_TIMEOUTS)  # type: ignore[no-untyped-call]
     master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-        service, db=int(db or 0), password=password, **_TIMEOUTS
+        service, db=int(db or 0), password=password, command_packer=CommandPacker(), **_TIMEOUTS
     )
     return master
 
