@@ -8,12 +8,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from typing import TYPE_CHECKING, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import structlog
 from rq import Worker
 
-from mailroom import metrics
+from mailroom import logs, metrics
 from mailroom.config import AuthMethod, MailboxConfig, MailboxKind, OAuth2Config, Settings
 from mailroom.health import MARGIN_SECONDS, Check, WatchedMailbox, WatcherProbe, WorkerProbe
 from mailroom.imap.session import FetchedMessage, ImapSession
@@ -79,7 +79,7 @@ def _utf8(text: str | None) -> str | None:
 def make_sink(mailbox: MailboxConfig, queue: MailQueue) -> AnySink:
     """The watcher's sink for one mailbox: parse, enqueue (raises EnqueueError), log one line each."""
     template = AddressTemplate.parse(mailbox.address)
-    mlog = log.bind(mailbox=mailbox.name)
+    context = {"mailbox": mailbox.name}
     source = "graph" if mailbox.kind is MailboxKind.GRAPH else "imap"
 
     def sink(batch: Sequence[Fetched]) -> None:
@@ -88,23 +88,24 @@ def make_sink(mailbox: MailboxConfig, queue: MailQueue) -> AnySink:
         results = queue.enqueue_batch(mailbox, payloads)
         metrics.ENQUEUE_SECONDS.labels(mailbox.name).observe(time.perf_counter() - started)
         _observe_arrival(mailbox.name, batch, results)
-        for result in results:
-            payload = result.payload
-            event = "message_enqueued" if result.new else "message_already_queued"
-            mlog.info(
-                event,
-                uidvalidity=payload.uidvalidity,
-                uid=payload.uid,
-                message_id=payload.message_id,
-                reply_key=payload.key,
-                key_header=payload.key_header,
-                job_id=result.job_id,
-                auto_reply=payload.auto_reply,
-                parse_error=payload.parse_error,
-            )
+        logs.info_many(context, [_enqueue_event(result) for result in results])
         _count(mailbox.name, results)
 
     return sink
+
+
+def _enqueue_event(result: Enqueued) -> tuple[str, dict[str, Any]]:
+    payload = result.payload
+    return "message_enqueued" if result.new else "message_already_queued", {
+        "uidvalidity": payload.uidvalidity,
+        "uid": payload.uid,
+        "message_id": payload.message_id,
+        "reply_key": payload.key,
+        "key_header": payload.key_header,
+        "job_id": result.job_id,
+        "auto_reply": payload.auto_reply,
+        "parse_error": payload.parse_error,
+    }
 
 
 def _observe_arrival(mailbox: str, batch: Sequence[Fetched], results: Sequence[Enqueued]) -> None:

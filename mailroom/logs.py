@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from functools import cache
 from typing import Any
 
@@ -33,11 +33,15 @@ def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
 
 
 def timestamp(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    event["timestamp"] = _now()
+    return event
+
+
+def _now() -> str:
     """``2026-11-25T14:50:37.785577Z``, as structlog's TimeStamper(fmt="iso", utc=True) writes it, in a
     third of its time: the watcher logs a line per message."""
     now = time.time()
-    event["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
-    return event
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
 
 
 _ENCODER = json.JSONEncoder(default=repr)  # one encoder for every line, not one per json.dumps call
@@ -47,12 +51,44 @@ def _dumps(event: Any, **_: Any) -> str:
     return _ENCODER.encode(event)
 
 
+class _Output:
+    """What configure() chose, for info_many()."""
+
+    json = False
+    info = True
+
+
+def info_many(context: Mapping[str, Any], events: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+    """Log several info events at once: the watcher's line per message, a batch at a time.
+
+    In JSON mode the lines are rendered here exactly as the configured processors would render them
+    (the context, the fields, then event, level and timestamp; secrets redacted), with one timestamp
+    and one write for the batch: a third of the cost of a structlog call per line.
+    tests/unit/test_logs.py holds the two renderings to each other. Otherwise, one structlog call each.
+    """
+    if not _Output.info:
+        return
+    if not _Output.json:
+        log = structlog.get_logger("mailroom").bind(**context)
+        for name, fields in events:
+            log.info(name, **fields)
+        return
+    stamp = _now()
+    lines = []
+    for name, fields in events:
+        record: dict[str, Any] = {**context, **fields, "event": name, "level": "info", "timestamp": stamp}
+        lines.append(_ENCODER.encode(redact(None, "info", record)))
+    if lines:  # structlog's own printer, for its per-file lock; stdout as it is now, as structlog prints
+        structlog.PrintLogger(sys.stdout).msg("\n".join(lines))
+
+
 def configure(fmt: str = "auto", level: str = "info") -> None:
     use_json = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
     renderer: Any = (
         structlog.processors.JSONRenderer(serializer=_dumps) if use_json else structlog.dev.ConsoleRenderer()
     )
     numeric_level = getattr(logging, level.upper())
+    _Output.json, _Output.info = use_json, numeric_level <= logging.INFO
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
