@@ -20,7 +20,8 @@ def webhooks(ctx: click.Context, host: str | None, port: int | None) -> None:
 
     Only calls signed with the webhook signing key (provider.signing_key_file or
     MAILROOM_PROVIDER__SIGNING_KEY), recent and never seen before are processed; every other call gets
-    404 with an empty body. Prometheus metrics are served on provider.metrics_port when it is set.
+    404 with an empty body. A key file is followed: a rewritten (rotated) key takes effect within a
+    second or so, without a restart. Prometheus metrics are served on provider.metrics_port when set.
     """
     import uvicorn
     from prometheus_client import REGISTRY, start_http_server
@@ -28,7 +29,7 @@ def webhooks(ctx: click.Context, host: str | None, port: int | None) -> None:
     from mailroom.provider.mailgun_stats import MailgunStats
     from mailroom.provider.metrics import register_suppression_size
     from mailroom.provider.suppression import SuppressionList
-    from mailroom.provider.webhooks import create_app
+    from mailroom.provider.webhooks import create_app, signing_key_source
     from mailroom.queue import connect
 
     settings = load_or_exit(ctx)
@@ -51,7 +52,7 @@ def webhooks(ctx: click.Context, host: str | None, port: int | None) -> None:
                 target=stats.run, args=(threading.Event(), provider.stats_interval), daemon=True
             ).start()
         start_http_server(provider.metrics_port)
-    app = create_app(provider, connection, key)
+    app = create_app(provider, connection, signing_key_source(provider))
     uvicorn.run(
         app,
         host=host or provider.webhook_host,

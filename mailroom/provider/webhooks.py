@@ -8,6 +8,10 @@ within ``timestamp_tolerance`` of now, and a token not seen before (remembered i
 processed. Authentication rests on the signature alone: the client's IP (and any proxy header) is not
 looked at, so the endpoint works the same behind a load balancer.
 
+A key given as a file is followed (:class:`SigningKeyFile`): a Kubernetes Secret rotated in place takes
+effect within about a second, without a restart, and a file briefly missing or empty during the swap keeps
+the last good key.
+
 Verified events:
 
     failed, severity permanent   -> suppressed (reason bounce, with the SMTP code and message)
@@ -15,7 +19,7 @@ Verified events:
     complained / unsubscribed    -> suppressed (reason complaint / unsubscribe)
     anything else                -> counted, 200
 
-The pure parts (``verify``, ``decide``) do no I/O; ``create_app`` wires them to Redis.
+The pure parts (``verify``, ``decide``) do no I/O; ``create_app`` wires them to Redis and the key source.
 """
 
 from __future__ import annotations
@@ -24,11 +28,14 @@ import asyncio
 import hashlib
 import hmac
 import json
+import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import redis
 import structlog
@@ -38,7 +45,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mailroom.config import ProviderConfig
+from mailroom.config import ProviderConfig, read_secret_file
 from mailroom.provider.metrics import WEBHOOK_EVENTS, WEBHOOK_REJECTED
 from mailroom.provider.suppression import SuppressionList, normalise
 
@@ -48,6 +55,11 @@ REPLAY_PREFIX = "mailroom:webhook-token:"
 # Every method reaches the endpoint, so that the wrong one is counted and answered like the rest (404).
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 MAX_TOKEN_CHARS = 256
+# How often the key file is looked at (one stat; it is read only when the stat changed).
+KEY_CHECK_INTERVAL = 1.0
+# A file modified this recently may be rewritten again within the same timestamp tick and at the same
+# size, which its stat would not show: such a stat is not trusted, and the file is read at the next check.
+KEY_RACY_SECONDS = 2.0
 KNOWN_EVENTS = frozenset(
     {
         "accepted",
@@ -180,6 +192,121 @@ def _text(value: Any) -> str:
     return ""
 
 
+class SigningKeySource(Protocol):
+    """Where the app takes the signing key from, on every call (so that a rotated key takes effect)."""
+
+    def current(self) -> str: ...
+
+
+class FixedSigningKey:
+    """A key given inline or by environment variable: it cannot change while the process runs."""
+
+    def __init__(self, key: str) -> None:
+        if not key.strip():
+            raise ValueError("a webhook signing key is required")
+        self._key = key
+
+    def current(self) -> str:
+        return self._key
+
+
+_Stamp = tuple[int, int, int, int]  # device, inode, size, mtime in ns: what a rewrite or a swap changes
+
+
+class SigningKeyFile:
+    """A key in a file that can be replaced under the running process, as a Kubernetes Secret volume is.
+
+    The file is stat'ed at most once per ``check_interval`` (seconds of ``clock``) and read only when its
+    stat changed, so a call costs no I/O and the rare check (a stat, a read of a few bytes) can run on
+    the event loop. ``os.stat`` follows symlinks, so the kubelet's swap of the ``..data`` link shows as a
+    new inode. A file missing, unreadable or empty at a check (the moment of a swap, or a careless
+    rewrite) keeps the last good key, with one warning until the file is good again: answering 404 to
+    every genuine call would be worse than verifying against the key of a second ago. The key itself is
+    never logged.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        check_interval: float = KEY_CHECK_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+        read: Callable[[Path], str] = read_secret_file,
+    ) -> None:
+        self.path = path
+        self._interval = check_interval
+        self._clock = clock
+        self._read = read
+        self._lock = threading.Lock()
+        self._warned = False
+        stamp = _stamp(path)  # at start-up the file must be there: OSError otherwise
+        key = read(path)
+        if not key.strip():
+            raise ValueError(f"the webhook signing key file {path} is empty")
+        self._key = key
+        self._stamp: _Stamp | None = _trusted(stamp)
+        self._next_check = clock() + check_interval
+
+    def current(self) -> str:
+        """The key to verify this call with: the file's, as of the last check."""
+        if self._clock() >= self._next_check:
+            self._check()
+        return self._key
+
+    def _check(self) -> None:
+        with self._lock:  # the app calls from one event loop, but a thread pool caller must not race
+            now = self._clock()
+            if now < self._next_check:
+                return
+            self._next_check = now + self._interval
+            try:
+                stamp = _stamp(self.path)  # before the read: a write in between shows at the next check
+                if stamp == self._stamp:
+                    return
+                key = self._read(self.path)
+            except OSError as exc:
+                self._keep_last_key(exc.strerror or type(exc).__name__)
+                return
+            except UnicodeDecodeError:
+                self._keep_last_key("not UTF-8")
+                return
+            if not key.strip():
+                self._keep_last_key("empty")
+                return
+            self._stamp = _trusted(stamp)
+            if key != self._key:
+                log.info("webhook_signing_key_reloaded", path=str(self.path))
+            elif self._warned:
+                log.info("webhook_signing_key_readable_again", path=str(self.path))
+            self._key = key
+            self._warned = False
+
+    def _keep_last_key(self, problem: str) -> None:
+        if not self._warned:
+            log.warning(
+                "webhook_signing_key_unreadable", path=str(self.path), problem=problem, keeping="last key"
+            )
+            self._warned = True
+
+
+def _stamp(path: Path) -> _Stamp:
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _trusted(stamp: _Stamp) -> _Stamp | None:
+    """``stamp``, or None (read again at the next check) while the file is too new to be judged by it."""
+    age = time.time() - stamp[3] / 1e9
+    return stamp if age >= KEY_RACY_SECONDS else None
+
+
+def signing_key_source(config: ProviderConfig) -> SigningKeySource:
+    """The key the config names: a followed file, or the fixed inline / environment value."""
+    if config.signing_key_file is not None:
+        return SigningKeyFile(config.signing_key_file)
+    return FixedSigningKey(config.read_signing_key() or "")
+
+
 class WebhookProcessor:
     """The I/O half: the replay check and the suppression-list writes (synchronous, one thread each)."""
 
@@ -226,12 +353,14 @@ class WebhookProcessor:
 def create_app(
     config: ProviderConfig,
     connection: redis.Redis,
-    signing_key: str,
+    signing_key: str | SigningKeySource,
     clock: Callable[[], float] = time.time,
 ) -> Starlette:
-    """The ASGI app: ``POST {webhook_path}`` and ``GET /healthz``; everything else 404, empty."""
-    if not signing_key:
-        raise ValueError("a webhook signing key is required")
+    """The ASGI app: ``POST {webhook_path}`` and ``GET /healthz``; everything else 404, empty.
+
+    ``signing_key`` is a fixed key or a source asked on every call (:class:`SigningKeyFile`).
+    """
+    keys = FixedSigningKey(signing_key) if isinstance(signing_key, str) else signing_key
     processor = WebhookProcessor(config, connection)
 
     async def webhook(request: Request) -> Response:
@@ -239,7 +368,7 @@ def create_app(
             if request.method != "POST":
                 raise Unverified(Reason.METHOD)
             body = await _read_body(request, config.max_body_bytes, config.request_timeout)
-            verified = verify(body, signing_key, clock(), config.timestamp_tolerance)
+            verified = verify(body, keys.current(), clock(), config.timestamp_tolerance)
             if not await run_in_threadpool(processor.claim, verified):
                 raise Unverified(Reason.REPLAY)
         except Unverified as exc:

@@ -23,7 +23,7 @@ from devstack.ports import free_port, port_is_open
 from mailroom.cli import cli
 from mailroom.config import ProviderConfig
 from mailroom.provider.suppression import SuppressionList
-from mailroom.provider.webhooks import create_app, sign
+from mailroom.provider.webhooks import SigningKeyFile, create_app, sign
 from tests.provider_servers import serve_asgi
 from tests.support import wait_for
 
@@ -189,10 +189,33 @@ def test_temporary_failures_suppress_at_the_threshold(webhook: str, redis_url: s
     assert record is not None and record.reason == "temporary_failures"
 
 
+def test_rotated_key_file_is_followed_without_restart(redis_url: str, tmp_path: Path) -> None:
+    """A Kubernetes Secret rotated in place rewrites the key file under the running receiver: calls signed
+    with the new key are then accepted, and calls signed with the old one get 404."""
+    key_file = tmp_path / "signing-key"
+    key_file.write_text(KEY + "\n")
+    config = ProviderConfig(signing_key_file=key_file, max_body_bytes=4096)
+    keys = SigningKeyFile(key_file, check_interval=0.0)  # every call checks, so the test need not sleep
+    app = create_app(config, redis.Redis.from_url(redis_url), keys)
+    rotated = "whsec-rotated-9876543210"
+    with serve_asgi(app) as base:
+        assert post(base + PATH, signed({"event": "delivered"})) == (200, b"")
+        assert post(base + PATH, signed({"event": "delivered"}, key=rotated)) == (404, b"")
+        key_file.write_text(rotated + "\n")
+        assert post(base + PATH, signed(failed("new-key@example.org"), key=rotated)) == (200, b"")
+        before = rejected("bad_signature")
+        assert post(base + PATH, signed(failed("old-key@example.org"))) == (404, b"")
+        assert rejected("bad_signature") == before + 1
+    suppressions = SuppressionList.from_url(redis_url)
+    assert suppressions.is_suppressed("new-key@example.org")
+    assert not suppressions.is_suppressed("old-key@example.org")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_mailroom_webhooks_command(redis_url: str, tmp_path: Path) -> None:
-    """The real command: `mailroom webhooks` as a process, a signed call, then the CLI sees it."""
+    """The real command: `mailroom webhooks` as a process, a signed call, then the CLI sees it; a
+    rewritten key file is followed."""
     key_file = tmp_path / "signing-key"
     key_file.write_text(KEY + "\n")
     port = free_port()
@@ -216,6 +239,9 @@ def test_mailroom_webhooks_command(redis_url: str, tmp_path: Path) -> None:
         url = f"http://127.0.0.1:{port}/hooks/mg"
         assert post(url, signed(failed("cli@example.org"))) == (200, b"")
         assert post(url, signed(failed("x@example.org"), key="nope")) == (404, b"")
+        key_file.write_text("whsec-rotated-key\n")  # the command follows the file: no restart
+        wait_for(lambda: post(url, signed({"event": "delivered"}, key="whsec-rotated-key"))[0] == 200, 10)
+        assert post(url, signed(failed("y@example.org"))) == (404, b"")
         listed = subprocess.run(
             [sys.executable, "-m", "mailroom", "suppressions", "list"],
             env=env,
