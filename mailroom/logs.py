@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Mapping, MutableMapping, Sequence
 from functools import cache
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -56,6 +56,7 @@ class _Output:
 
     json = False
     info = True
+    stream: TextIO | None = None  # None: stdout as it is when a line is written
 
 
 def info_many(context: Mapping[str, Any], events: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
@@ -79,16 +80,19 @@ def info_many(context: Mapping[str, Any], events: Sequence[tuple[str, Mapping[st
         record: dict[str, Any] = {**context, **fields, "event": name, "level": "info", "timestamp": stamp}
         lines.append(_ENCODER.encode(redact(None, "info", record)))
     if lines:  # structlog's own printer, for its per-file lock; stdout as it is now, as structlog prints
-        structlog.PrintLogger(sys.stdout).msg("\n".join(lines))
+        structlog.PrintLogger(_Output.stream or sys.stdout).msg("\n".join(lines))
 
 
-def configure(fmt: str = "auto", level: str = "info") -> None:
-    use_json = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
+def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
+    """Logs as ``fmt`` at ``level`` and above, on stdout (a service's stdout is its log) or ``stream``
+    (a command whose stdout is its output, such as ``check --json``, logs on stderr)."""
+    out = stream or sys.stdout
+    use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
     renderer: Any = (
         structlog.processors.JSONRenderer(serializer=_dumps) if use_json else structlog.dev.ConsoleRenderer()
     )
     numeric_level = getattr(logging, level.upper())
-    _Output.json, _Output.info = use_json, numeric_level <= logging.INFO
+    _Output.json, _Output.info, _Output.stream = use_json, numeric_level <= logging.INFO, stream
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -99,7 +103,7 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=True,
     )
     # Library logs (RQ's worker lines) go through stdlib logging, to stderr, at our level.

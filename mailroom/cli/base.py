@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TextIO
 
 import click
 
@@ -11,15 +12,16 @@ from mailroom.config import CONFIG_PATH_ENV, Settings, load_settings
 from mailroom.errors import ConfigError
 
 
-def load_or_exit(ctx: click.Context) -> Settings:
-    """The settings, or each problem on its own line and exit code 2."""
+def load_or_exit(ctx: click.Context, log_stream: TextIO | None = None) -> Settings:
+    """The settings, or each problem on its own line and exit code 2. Logs go to stdout, or to
+    ``log_stream`` for a command whose stdout is its output."""
     try:
         settings = load_settings(ctx.obj["config"])
     except ConfigError as exc:
         for problem in exc.problems:
             click.echo(f"config error: {problem}", err=True)
         ctx.exit(2)
-    logs.configure(ctx.obj["log_format"] or settings.log_format, settings.log_level)
+    logs.configure(ctx.obj["log_format"] or settings.log_format, settings.log_level, log_stream)
     return settings
 
 

@@ -346,12 +346,13 @@ def history(
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def check(ctx: click.Context, as_json: bool) -> None:
-    """Is it working? Config, each mailbox (TCP, TLS, login, folder, IDLE, waiting), Redis, workers,
-    failed jobs: one ✓/✗ line each. Exit 1 if anything failed (warnings, marked !, do not count)."""
+    """Is it working? Config, each mailbox (IMAP: TCP, TLS, login, folder, IDLE, waiting; Graph: token,
+    folder, waiting), Redis, workers, failed jobs: one ✓/✗ line each. Exit 1 if anything failed
+    (warnings, marked !, do not count). Logs go to stderr, so stdout is only the report."""
     from mailroom.check import Outcome, run_checks
     from mailroom.queue import connect
 
-    settings = load_or_exit(ctx)
+    settings = load_or_exit(ctx, log_stream=sys.stderr)
     results = []
     for result in run_checks(settings, connect(settings.redis_url)):
         results.append(result)
