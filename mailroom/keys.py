@@ -20,7 +20,7 @@ this code runs on every message in the IMAP watcher.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import getaddresses
 
@@ -30,6 +30,7 @@ __all__ = [
     "AddressTemplate",
     "ReplyKey",
     "find_reply_key",
+    "find_reply_key_by_name",
     "reply_message_id",
 ]
 
@@ -47,6 +48,9 @@ KEY_HEADERS: tuple[str, ...] = (
     "Cc",
 )
 REFERENCE_HEADERS: tuple[str, ...] = ("References", "In-Reply-To")
+# (canonical, lowercase) pairs, in the order above, for find_reply_key_by_name.
+_KEY_NAMES = tuple((name, name.lower()) for name in KEY_HEADERS)
+_REFERENCE_NAMES = tuple((name, name.lower()) for name in REFERENCE_HEADERS)
 
 # email.utils.getaddresses is quadratic-ish on some inputs and recurses on nested comments, so only
 # the start of a hostile header is handed to it. 64 KiB holds well over a thousand real recipients.
@@ -137,9 +141,15 @@ def find_reply_key(headers: Sequence[tuple[str, str]], template: AddressTemplate
     by_name: dict[str, list[str]] = {}
     for name, value in headers:
         by_name.setdefault(name.strip().lower(), []).append(value)
+    return find_reply_key_by_name(by_name, template)
 
-    for header in KEY_HEADERS:
-        for value in by_name.get(header.lower(), ()):
+
+def find_reply_key_by_name(
+    by_name: Mapping[str, Sequence[str]], template: AddressTemplate
+) -> ReplyKey | None:
+    """:func:`find_reply_key` for headers already grouped: lowercase name -> values in message order."""
+    for header, lowered in _KEY_NAMES:
+        for value in by_name.get(lowered, ()):
             if template._domain not in value.lower():
                 continue  # no address here can match: skip parsing it
             candidates = received_for(value) if header == "Received" else addresses(value)
@@ -148,8 +158,8 @@ def find_reply_key(headers: Sequence[tuple[str, str]], template: AddressTemplate
                 if key:
                     return ReplyKey(key, header)
 
-    for header in REFERENCE_HEADERS:
-        for value in by_name.get(header.lower(), ()):
+    for header, lowered in _REFERENCE_NAMES:
+        for value in by_name.get(lowered, ()):
             for message_id in message_ids(value):
                 match = _REPLY_ID.fullmatch(message_id)
                 if match:
@@ -199,7 +209,7 @@ def message_ids(value: str) -> list[str]:
     Ids are the text between ``<`` and ``>``, so Exchange's and iOS's comma-joined lists work. A value
     with no brackets at all (some broken clients) is split on whitespace and commas instead.
     """
-    ids = [m.strip() for m in _MESSAGE_ID.findall(value)]
-    if not ids and "<" not in value:
-        ids = re.split(r"[\s,]+", value)
-    return [i for i in ids if i]
+    ids = [i for m in _MESSAGE_ID.findall(value) if (i := m.strip())]
+    if not ids and "<" not in value:  # no brackets at all ("<>" and "< >" are empty ids, not a missing one)
+        ids = [i for i in re.split(r"[\s,]+", value) if i]
+    return ids
