@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 import redis
@@ -134,15 +135,21 @@ def record_fields(payload: JobPayload, now: float) -> dict[str, str]:
     return dict(zip(RECORD_FIELDS, record_values(payload, now), strict=True))
 
 
+@lru_cache(maxsize=4)  # a batch's messages share their ``now``
+def _queued(now: float) -> tuple[str, str, str]:
+    iso = datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds")
+    return repr(now), iso, f"{Status.QUEUED.value}@{iso}"
+
+
 def record_values(payload: JobPayload, now: float) -> list[str]:
     """The values of :data:`RECORD_FIELDS` (mailroom.queue's enqueue script sends the names once a batch)."""
-    iso = datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds")
+    queued_at, iso, trail = _queued(now)
     return [
         payload.mailbox,
         Status.QUEUED.value,
-        repr(now),
+        queued_at,
         iso,
-        f"{Status.QUEUED.value}@{iso}",
+        trail,
         payload.message_id or "",
         payload.key or "",
         payload.from_address or "",

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
+import hiredis
 import redis
 from redis._parsers import Encoder
 from redis.connection import HiredisRespSerializer, PythonRespSerializer
-from redis.exceptions import RedisError
+from redis.exceptions import DataError, RedisError
 from redis.sentinel import Sentinel
 from redis.utils import HIREDIS_AVAILABLE
 from rq import Queue, Retry
@@ -64,9 +65,23 @@ class CommandPacker:
         self._big = PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode)  # type: ignore[no-untyped-call]
 
     def pack(self, *args: Any) -> list[bytes | memoryview]:
-        if self._small is not None and not any(isinstance(a, bytes) and len(a) > self.BIG for a in args):
-            return self._small.pack(*args)  # type: ignore[no-any-return]
-        return self._big.pack(*args)  # type: ignore[no-untyped-call,no-any-return]
+        if self._small is None:
+            return self._big.pack(*args)  # type: ignore[no-untyped-call,no-any-return]
+        plain = True  # only str, bytes, int and float: hiredis takes them as they are
+        for arg in args:
+            kind = arg.__class__
+            if kind is bytes:
+                if len(arg) > self.BIG:
+                    return self._big.pack(*args)  # type: ignore[no-untyped-call,no-any-return]
+            elif kind is not str and kind is not int and kind is not float:
+                plain = False
+        name = args[0]
+        if plain and (b" " if name.__class__ is bytes else " ") not in name:  # else redis-py splits it
+            try:
+                return [hiredis.pack_command(args)]
+            except TypeError as exc:
+                raise DataError(str(exc)) from exc
+        return self._small.pack(*args)  # type: ignore[no-any-return]
 
 
 def connect(url: str) -> redis.Redis:

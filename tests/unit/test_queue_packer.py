@@ -11,7 +11,14 @@ from mailroom.queue import CommandPacker
 
 def test_small_and_big_commands_pack_to_the_same_protocol_bytes() -> None:
     reference = PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode)
-    for args in (("SET", "k", "v", "EX", 5), ("EVALSHA", "abc", 0, b"x" * (CommandPacker.BIG + 1), "tail")):
+    for args in (
+        ("SET", "k", "v", "EX", 5),
+        (b"SET", b"k", 1.5),
+        ("CONFIG GET", "maxmemory"),
+        (b"CLIENT SETNAME", "x"),
+        ("HSET", "k", "f", memoryview(b"view"), bytearray(b"array")),
+        ("EVALSHA", "abc", 0, b"x" * (CommandPacker.BIG + 1), "tail"),
+    ):
         assert b"".join(CommandPacker().pack(*args)) == b"".join(reference.pack(*args))
 
 
