@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from mailroom.config import ProviderConfig, read_secret_file
+from mailroom.provider import webhooks
 from mailroom.provider.webhooks import (
     FixedSigningKey,
     SigningKeyFile,
@@ -21,6 +24,17 @@ from mailroom.provider.webhooks import (
 OLD = "key-old-0123456789abcdef"
 NEW = "key-new-fedcba9876543210"  # same length as OLD: only the mtime or inode tells them apart
 SETTLED = time.time_ns() - 3600 * 10**9  # an mtime far enough back to be trusted
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logger(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The module's logger as capture_logs() sees it. capture_logs() replaces only the processors: an
+    earlier test's logs.configure() in this process may have left a level filter (a CLI test with
+    log_level: error) or a logger cached with its old processors, and the events escape capture."""
+    structlog.reset_defaults()
+    monkeypatch.setattr(webhooks, "log", structlog.get_logger("mailroom.provider.webhooks"))
+    yield
+    structlog.reset_defaults()
 
 
 class Clock:
