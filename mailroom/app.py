@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
-import structlog
 from rq import Worker
 
 from mailroom import logs, metrics
@@ -31,7 +30,6 @@ if TYPE_CHECKING:
     from mailroom.graph.client import GraphMessage
     from mailroom.graph.watcher import GraphWatcher
 
-log = structlog.get_logger("mailroom")
 
 # What a watcher hands its sink: IMAP's FetchedMessage or Graph's GraphMessage (same fields).
 Fetched: TypeAlias = "FetchedMessage | GraphMessage"
