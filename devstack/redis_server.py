@@ -90,7 +90,13 @@ class RedisServer:
             "--logfile", str(self.log_path),
         ]  # fmt: skip
         self._proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            # Its own session, as Dovecot's: a Ctrl-C meant for the demo must not stop Redis before
+            # the worker and watcher using it have shut down; whoever started it stops it.
+            start_new_session=True,
         )
         deadline = time.monotonic() + START_TIMEOUT
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1, socket_connect_timeout=1)
