@@ -1,9 +1,18 @@
-"""The ``mailroom`` command group and what every subcommand shares (loading the config or exiting 2)."""
+"""The ``mailroom`` command group and what every subcommand shares.
+
+``--config`` and ``--log-format`` are accepted before or after the subcommand (``mailroom --config X
+watch`` and ``mailroom watch --config X`` mean the same): every command and group made from ``cli`` gets
+both options, and a value given later (nearer the command) wins.
+
+One-shot commands log to stderr, so their stdout is only their output (one JSON document with
+``--json``); the long-running services (watch, worker, webhooks) log to stdout, a service's log.
+"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import TextIO
+from typing import Any
 
 import click
 
@@ -11,36 +20,83 @@ from mailroom import logs
 from mailroom.config import CONFIG_PATH_ENV, Settings, load_settings
 from mailroom.errors import ConfigError
 
+LOG_FORMATS = ("json", "console", "auto")
 
-def load_or_exit(ctx: click.Context, log_stream: TextIO | None = None) -> Settings:
-    """The settings, or each problem on its own line and exit code 2. Logs go to stdout, or to
-    ``log_stream`` for a command whose stdout is its output."""
+
+def load_or_exit(ctx: click.Context, service: bool = False) -> Settings:
+    """The settings, or each problem on its own line and exit code 2. Logs go to stderr, or to stdout
+    for a ``service`` (a long-running process whose stdout is its log)."""
+    obj = ctx.find_root().obj
     try:
-        settings = load_settings(ctx.obj["config"])
+        settings = load_settings(obj["config"])
     except ConfigError as exc:
         for problem in exc.problems:
             click.echo(f"config error: {problem}", err=True)
         ctx.exit(2)
-    logs.configure(ctx.obj["log_format"] or settings.log_format, settings.log_level, log_stream)
+    logs.configure(
+        obj["log_format"] or settings.log_format, settings.log_level, None if service else sys.stderr
+    )
     return settings
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--config",
-    "config",
-    type=click.Path(dir_okay=False, path_type=Path),
-    envvar=CONFIG_PATH_ENV,
-    help="YAML config file (or $MAILROOM_CONFIG). MAILROOM_* variables override its fields.",
-)
-@click.option(
-    "--log-format", type=click.Choice(["json", "console", "auto"]), default=None, help="default: from config"
-)
-@click.pass_context
-def cli(ctx: click.Context, config: Path | None, log_format: str | None) -> None:
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Store a shared option where every command finds it; a value given nearer the command wins."""
+    root = ctx.find_root()
+    if root.obj is None:
+        root.obj = {"config": None, "log_format": None}
+    if value is not None and param.name is not None:
+        root.obj[param.name] = value
+    return value
+
+
+def _shared_options(root: bool = False) -> list[click.Option]:
+    where = "before or after the command" if root else "here or before the command"
+    return [
+        click.Option(
+            ["--config"],
+            type=click.Path(dir_okay=False, path_type=Path),
+            envvar=CONFIG_PATH_ENV if root else None,  # only once: the root's value is the fallback
+            expose_value=False,
+            callback=_remember,
+            help=f"YAML config file (or ${CONFIG_PATH_ENV}), {where}. MAILROOM_* variables override "
+            "its fields.",
+        ),
+        click.Option(
+            ["--log-format"],
+            type=click.Choice(LOG_FORMATS),
+            expose_value=False,
+            callback=_remember,
+            help=f"json, console or auto (default: from config), {where}.",
+        ),
+    ]
+
+
+class MailroomCommand(click.Command):
+    """A subcommand that also takes ``--config`` and ``--log-format`` after its name."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.extend(_shared_options())
+
+
+class MailroomGroup(click.Group):
+    """A group whose commands and subgroups take the shared options too (``mailroom failed list
+    --config X``)."""
+
+    command_class = MailroomCommand
+
+    def __init__(self, *args: Any, root: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.extend(_shared_options(root))
+
+
+MailroomGroup.group_class = MailroomGroup
+
+
+@click.group(cls=MailroomGroup, root=True, context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
     """mailroom turns incoming email into application work.
 
     It watches IMAP mailboxes (IDLE), finds the reply key each message was sent to, and queues one RQ job
     per message on Redis; workers hand each job to the application's handler.
     """
-    ctx.obj = {"config": config, "log_format": log_format}

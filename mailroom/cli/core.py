@@ -35,7 +35,7 @@ def watch(ctx: click.Context) -> None:
     from mailroom import sentry
     from mailroom.app import serve_watcher_health, start_watchers
 
-    settings = load_or_exit(ctx)
+    settings = load_or_exit(ctx, service=True)
     if not settings.mailboxes:
         click.echo("config error: mailboxes: configure at least one mailbox to watch", err=True)
         ctx.exit(2)
@@ -75,10 +75,11 @@ def worker(ctx: click.Context, queues: tuple[str, ...], burst: bool) -> None:
     from mailroom.queue import JOB_FUNCTION, connect
     from mailroom.rqworker import WORKER_TTL, MailroomWorker, preload_jobs
 
-    settings = load_or_exit(ctx)
-    if ctx.obj["config"]:
+    settings = load_or_exit(ctx, service=True)
+    config = ctx.find_root().obj["config"]
+    if config:
         # The job function reads the configuration in the worker process.
-        os.environ[CONFIG_PATH_ENV] = str(ctx.obj["config"])
+        os.environ[CONFIG_PATH_ENV] = str(config)
     connection = connect(settings.redis_url)
     names = list(queues) or settings.queues()
     rq_queues = [Queue(name, connection=connection, serializer=JSONSerializer) for name in names]

@@ -352,7 +352,7 @@ def check(ctx: click.Context, as_json: bool) -> None:
     from mailroom.check import Outcome, run_checks
     from mailroom.queue import connect
 
-    settings = load_or_exit(ctx, log_stream=sys.stderr)
+    settings = load_or_exit(ctx)
     results = []
     for result in run_checks(settings, connect(settings.redis_url)):
         results.append(result)

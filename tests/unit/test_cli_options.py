@@ -1,0 +1,53 @@
+"""The CLI's shared options: --config and --log-format before or after the command, or $MAILROOM_CONFIG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from mailroom.cli import cli
+
+
+def config(path: Path, redis_url: str) -> Path:
+    path.write_text(yaml.safe_dump({"redis_url": redis_url, "mailboxes": []}))
+    return path
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--config", "{a}", "check-config"],
+        ["check-config", "--config", "{a}"],
+        ["--config", "{b}", "check-config", "--config", "{a}"],  # nearer the command wins
+    ],
+)
+def test_config_before_or_after_the_command(tmp_path, monkeypatch, args):
+    monkeypatch.delenv("MAILROOM_CONFIG", raising=False)
+    a = config(tmp_path / "a.yml", "redis://127.0.0.1:7001/0")
+    b = config(tmp_path / "b.yml", "redis://127.0.0.1:7002/0")
+    result = CliRunner().invoke(cli, [arg.format(a=a, b=b) for arg in args])
+    assert result.exit_code == 0, result.output
+    assert "7001" in result.output and "7002" not in result.output
+
+
+def test_config_from_the_environment_and_the_flag_wins(tmp_path, monkeypatch):
+    a = config(tmp_path / "a.yml", "redis://127.0.0.1:7001/0")
+    b = config(tmp_path / "b.yml", "redis://127.0.0.1:7002/0")
+    monkeypatch.setenv("MAILROOM_CONFIG", str(a))
+    assert "7001" in CliRunner().invoke(cli, ["check-config"]).output
+    assert "7002" in CliRunner().invoke(cli, ["check-config", "--config", str(b)]).output
+    assert "7002" in CliRunner().invoke(cli, ["--config", str(b), "check-config"]).output
+
+
+def test_nested_commands_and_services_take_the_options_after_their_name(tmp_path, monkeypatch):
+    monkeypatch.delenv("MAILROOM_CONFIG", raising=False)
+    a = config(tmp_path / "a.yml", "redis://127.0.0.1:7001/0")
+    watched = CliRunner().invoke(cli, ["watch", "--config", str(a), "--log-format", "json"])
+    assert watched.exit_code == 2 and "configure at least one mailbox" in watched.output
+    missing = CliRunner().invoke(cli, ["failed", "list", "--config", str(tmp_path / "none.yml")])
+    assert missing.exit_code == 2 and "none.yml" in missing.output
+    grouped = CliRunner().invoke(cli, ["failed", "--config", str(tmp_path / "none.yml"), "list"])
+    assert grouped.exit_code == 2 and "none.yml" in grouped.output
