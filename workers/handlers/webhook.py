@@ -2,20 +2,24 @@
 
 The body is the message bytes (``text/plain``); the request carries a JWT in the
 ``Gitlab-Mailroom-Api-Request`` header: HS256, issuer ``gitlab-mailroom``, ``iat`` now, signed with the
-secret whose Base64 text is in ``webhook.secret_file``. A 2xx answer is success; 408, 429, 5xx and network
-errors are transient (retried); any other answer is permanent.
+secret whose Base64 text is in ``webhook.secret_file``. A 2xx answer is success; 408, 425, 429, 5xx and
+network errors (timeouts included) are transient (retried); any other answer is permanent, and so is a
+redirect, which is never followed.
+
+One ``httpx.Client`` per handler holds a connection pool, so a worker running jobs concurrently keeps
+that many connections to the application open and reuses them (urllib opened one per message).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import ssl
+import threading
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
+import httpx
 import jwt
 
 from mailroom.config import WebhookConfig, read_secret_file
@@ -26,14 +30,8 @@ JWT_HEADER = "Gitlab-Mailroom-Api-Request"
 JWT_ISSUER = "gitlab-mailroom"
 JWT_ALGORITHM = "HS256"
 _TRANSIENT_STATUSES = frozenset({408, 425, 429})
-
-
-class _Refuse(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None  # the 3xx then surfaces as an HTTPError with its status
-
-
-_NO_REDIRECTS = urllib.request.build_opener(_Refuse)
+# Connections kept open to the application: more than any sensible worker concurrency.
+KEEPALIVE_CONNECTIONS = 64
 
 
 def signing_secret(config: WebhookConfig) -> bytes:
@@ -49,34 +47,64 @@ def make_token(secret: bytes, now: float | None = None) -> str:
     return jwt.encode(claims, secret, algorithm=JWT_ALGORITHM)
 
 
+def make_client(config: WebhookConfig) -> httpx.Client:
+    """The pooled client: the system's trust store (as urllib had, not certifi's), redirects never
+    followed, ``webhook.timeout`` for connecting, each read and write, and waiting for a connection."""
+    return httpx.Client(
+        timeout=httpx.Timeout(config.timeout),
+        limits=httpx.Limits(max_connections=None, max_keepalive_connections=KEEPALIVE_CONNECTIONS),
+        follow_redirects=False,
+        verify=ssl.create_default_context(),
+        trust_env=False,  # no proxy or netrc taken from the environment behind the config's back
+        headers={"User-Agent": "mailroom"},
+    )
+
+
+class _TokenCache:
+    """The signed header for the current second: ``iat`` has a one-second granularity, so every
+    request of that second carries the same token, and the secret file is re-read at most once a
+    second (a rotated key still takes effect without a restart)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._second = -1
+        self._token = ""
+
+    def token(self, config: WebhookConfig) -> str:
+        second = int(time.time())
+        with self._lock:
+            if second != self._second:
+                self._token = make_token(signing_secret(config), second)
+                self._second = second
+            return self._token
+
+
 @dataclass(frozen=True)
 class WebhookHandler:
     config: WebhookConfig
+    client: httpx.Client = field(init=False, repr=False, compare=False)
+    _tokens: _TokenCache = field(init=False, repr=False, compare=False, default_factory=_TokenCache)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "client", make_client(self.config))
+
+    def headers(self) -> dict[str, str]:
+        """The request's headers (the delivery options of mail_room's postback build on this)."""
+        return {"Content-Type": "text/plain", JWT_HEADER: self._tokens.token(self.config)}
 
     def __call__(self, email: IncomingEmail) -> int:
-        request = urllib.request.Request(  # noqa: S310 - the URL is validated as http(s) by the config
-            self.config.url,
-            data=email.raw,
-            method="POST",
-            headers={
-                "Content-Type": "text/plain",
-                JWT_HEADER: make_token(signing_secret(self.config)),
-                "User-Agent": "mailroom",
-            },
-        )
+        url = self.config.url
         try:
-            with _NO_REDIRECTS.open(request, timeout=self.config.timeout) as response:
-                status: int = response.status
-        except urllib.error.HTTPError as exc:
-            status = exc.code
-        except (urllib.error.URLError, OSError) as exc:
-            raise TransientHandlerError(f"POST {self.config.url} failed: {exc}") from exc
+            response = self.client.post(url, content=email.raw, headers=self.headers())
+        except httpx.TransportError as exc:  # connect, read, write and pool timeouts, refused, reset
+            raise TransientHandlerError(f"POST {url} failed: {type(exc).__name__}: {exc}") from exc
+        status = response.status_code
         if 200 <= status < 300:
             return status
         if 300 <= status < 400:
-            # Never followed: urllib would resend a POST as a bodiless GET, JWT and all, to wherever it
-            # points, and a 2xx there would count as delivered.
-            raise PermanentHandlerError(f"POST {self.config.url} redirected ({status}): fix webhook.url")
+            # Never followed: a client that follows resends a POST as a bodiless GET, JWT and all, to
+            # wherever it points, and a 2xx there would count as delivered.
+            raise PermanentHandlerError(f"POST {url} redirected ({status}): fix webhook.url")
         if status >= 500 or status in _TRANSIENT_STATUSES:
-            raise TransientHandlerError(f"POST {self.config.url} answered {status}")
-        raise PermanentHandlerError(f"POST {self.config.url} answered {status}")
+            raise TransientHandlerError(f"POST {url} answered {status}")
+        raise PermanentHandlerError(f"POST {url} answered {status}")
