@@ -5,7 +5,8 @@ This is the only module that reads environment variables, the YAML file and secr
 Precedence, highest first: keyword arguments, environment variables, the YAML file, defaults.
 Nested fields use ``__``; list items are addressed by index, so
 ``MAILROOM_MAILBOXES__0__PASSWORD_FILE=/run/secrets/imap`` sets the first mailbox's password file.
-A whole list can also be given as JSON (``MAILROOM_MAILBOXES='[{"name": ...}]'``).
+A whole list can also be given as JSON (``MAILROOM_MAILBOXES='[{"name": ...}]'``). Variables that name
+no field (Kubernetes service links, Docker links) are ignored: see config_env.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +34,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from mailroom.config_env import EnvSettings, settings_from_env
 from mailroom.errors import ConfigError
 
 ENV_PREFIX = "MAILROOM_"
@@ -571,38 +574,51 @@ class Settings(BaseSettings):
         return sorted({m.queue for m in self.mailboxes}) or [DEFAULT_QUEUE]
 
 
-def load_settings(path: Path | str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+def load_settings(
+    path: Path | str | None = None,
+    environ: Mapping[str, str] | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> Settings:
     """Read the YAML file (``path`` or ``$MAILROOM_CONFIG``), overlay the environment, validate.
 
-    Raises ConfigError with one line per problem.
+    Only variables naming a field are settings (see config_env: platforms inject others); a variable
+    that looks like a misspelt field is a warning, one line to ``warn`` (default: stderr).
+    Raises ConfigError with one line per problem, naming the variable when one set the bad value.
     """
     environ = os.environ if environ is None else environ
     path = path or environ.get(CONFIG_PATH_ENV)
     data: dict[str, Any] = {}
     if path:
-        data = _read_yaml(Path(path))
-    for name, value in environ.items():
-        if name.startswith(ENV_PREFIX) and name not in NOT_SETTINGS:
-            _overlay(data, name[len(ENV_PREFIX) :].lower().split("__"), value, name)
+        from_env = f"{CONFIG_PATH_ENV}: " if str(path) == environ.get(CONFIG_PATH_ENV) else ""
+        data = _read_yaml(Path(path), from_env)
+    env = settings_from_env(environ, Settings.model_fields, ENV_PREFIX, NOT_SETTINGS)
+    for line in env.warnings:
+        (warn or _warn_stderr)(f"config warning: {line}")
+    for override in env.overrides:
+        _overlay(data, list(override.path), override.value, override.env_name)
     try:
         return Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(_problems(exc)) from None
+        raise ConfigError(_problems(exc, env)) from None
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _warn_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _read_yaml(path: Path, where: str = "") -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([f"config file {path}: {exc.strerror or exc}"]) from None
+        raise ConfigError([f"{where}config file {path}: {exc.strerror or exc}"]) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError([f"config file {path}: not valid YAML: {exc}".replace("\n", " ")]) from None
+        raise ConfigError([f"{where}config file {path}: not valid YAML: {exc}".replace("\n", " ")]) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError([f"config file {path}: the top level must be a mapping of settings"])
+        raise ConfigError([f"{where}config file {path}: the top level must be a mapping of settings"])
     return data
 
 
@@ -635,12 +651,13 @@ def _overlay(data: Any, path: list[str], raw: str, env_name: str) -> None:
             raise ConfigError([f"{env_name}: cannot set a field inside a plain value"])
 
 
-def _problems(exc: ValidationError) -> list[str]:
+def _problems(exc: ValidationError, env: EnvSettings | None = None) -> list[str]:
     problems = []
     for error in exc.errors():
         where = ".".join(str(part) for part in error["loc"]) or "config"
         message = error["msg"].removeprefix("Value error, ")
-        problems.append(f"{where}: {message}")
+        source = env.source_of(error["loc"]) if env is not None and error["loc"] else None
+        problems.append(f"{where}: {message}" + (f" (set by {source})" if source else ""))
     return problems
 
 
