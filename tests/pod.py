@@ -275,7 +275,7 @@ def http_get(pid: int, port: int, path: str, timeout: float) -> int | None:
 @dataclass(frozen=True)
 class Volume:
     mount_path: str
-    source: Path | None  # a staged directory to bind (ConfigMap, Secret); None: an emptyDir (tmpfs)
+    source: Path | None  # a directory (ConfigMap, Secret) or file to bind; None: an emptyDir (tmpfs)
     read_only: bool
 
 
@@ -353,7 +353,11 @@ def _script(spec: PodSpec, work: Path) -> str:
             options = f"lowerdir={ancestor},upperdir={upper},workdir={workdir}"
             lines.append(f"mount -t overlay overlay -o {options} {ancestor}")
             overlaid.append(str(ancestor))
-        lines.append(f"mkdir -p {shlex.quote(str(target))}")
+        if volume.source is not None and volume.source.is_file():  # a single file (docker -v file:file)
+            lines.append(f"mkdir -p {shlex.quote(str(target.parent))}")
+            lines.append(f"[ -e {shlex.quote(str(target))} ] || touch {shlex.quote(str(target))}")
+        else:
+            lines.append(f"mkdir -p {shlex.quote(str(target))}")
     if spec.hosts:
         hosts = work / "hosts"
         hosts.write_text(
