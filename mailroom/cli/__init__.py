@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from mailroom.cli import (
     core,  # noqa: F401 - registers the commands
+    migrate,  # noqa: F401 - registers `mailroom import`
     ops,  # noqa: F401 - registers the operators' commands
     provider,  # noqa: F401 - registers the commands
 )

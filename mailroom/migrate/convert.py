@@ -1,0 +1,582 @@
+"""One mail_room mailbox (its options as mail_room's README and ``lib/mail_room/mailbox.rb`` define them)
+-> one mailroom mailbox, with a note for every option that does not carry over as it was.
+
+gitlab.yml and Helm values are first turned into mail_room mailboxes the way GitLab itself does
+(``mailroom.migrate.gitlab``), so every source goes through this one mapping.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+from mailroom.config import MAX_IDLE_TIMEOUT
+from mailroom.migrate.erb import PLACEHOLDER, EnvRef, ErbValue, FileRef
+from mailroom.migrate.notes import Report, Severity
+
+GITLAB_JWT_HEADER = "Gitlab-Mailroom-Api-Request"
+GITLAB_JWT_ISSUER = "gitlab-mailroom"
+MAIL_ROOM_JWT_ISSUER = "mailroom"  # mail_room's default when jwt_issuer is not given
+JWT_ALGORITHM = "HS256"
+GITLAB_WORKERS = {
+    "EmailReceiverWorker": "incoming_email",
+    "ServiceDeskEmailReceiverWorker": "service_desk_email",
+}
+GITLAB_API_PATH = "/api/v4/internal/mail_room/"
+
+# mail_room's defaults (lib/mail_room/mailbox.rb), for options a file leaves out.
+_DEFAULTS: dict[str, Any] = {
+    "host": "imap.gmail.com",
+    "port": 993,
+    "ssl": True,
+    "start_tls": False,
+    "search_command": "UNSEEN",
+    "delivery_method": "postback",
+    "delete_after_delivery": False,
+    "expunge_deleted": False,
+}
+_KNOWN = {
+    "email", "password", "name", "host", "port", "ssl", "start_tls", "idle_timeout", "search_command",
+    "delete_after_delivery", "expunge_deleted", "limit_max_unread", "delivery_method", "delivery_options",
+    "delivery_url", "delivery_token", "content_type", "log_path", "location", "delivery_klass",
+    "arbitration_method", "arbitration_options", "inbox_method", "inbox_options", "logger",
+}  # fmt: skip
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the operator told ``mailroom import`` (each has a command-line option)."""
+
+    secrets_dir: str = "/run/secrets/mailroom"
+    address: str | None = None  # the reply-address template for every mailbox
+    gitlab_url: str | None = None  # GitLab's internal API base, for sidekiq delivery or a missing URL
+    redis_url: str | None = None
+    environ: Mapping[str, str] | None = None  # set: ENV['X'] in non-secret options takes its value now
+
+
+@dataclass
+class Converter:
+    """Converts mailboxes one at a time; notes and problems go to ``report``."""
+
+    options: Options
+    erb: Mapping[int, ErbValue]
+    report: Report = field(default_factory=Report)
+    names: set[str] = field(default_factory=set)
+    redis_candidates: list[tuple[str, str]] = field(default_factory=list)  # (where, url)
+
+    # -- values -------------------------------------------------------------------------------------
+
+    def plain(self, value: Any, where: str, option: str) -> Any:
+        """A non-secret value: ERB ENV references resolved with --env, anything else refused."""
+        if not isinstance(value, str) or PLACEHOLDER.search(value) is None:
+            return value
+        missing: list[str] = []
+
+        def substitute(match: re.Match[str]) -> str:
+            ref = self.erb[int(match.group(1))]
+            if isinstance(ref, FileRef):
+                missing.append(
+                    f"line {ref.line}: {ref.source} reads a file for a non-secret option: put its value in"
+                )
+                return ""
+            if self.options.environ is None:
+                missing.append(
+                    f"line {ref.line}: {ref.source} takes ${ref.name} from the environment; mailroom's "
+                    f"config has no templating: run the import with --env (where ${ref.name} is set) to "
+                    "write its value, or replace the ERB by the value"
+                )
+                return ""
+            if ref.name not in self.options.environ:
+                missing.append(f"line {ref.line}: {ref.source}: ${ref.name} is not set (--env)")
+                return ""
+            return self.options.environ[ref.name]
+
+        resolved = PLACEHOLDER.sub(substitute, value)
+        for problem in missing:
+            self.report.problem(where, option, problem)
+        return _scalar(resolved) if not missing else None
+
+    def secret(self, value: Any, where: str, option: str, file_name: str) -> str | None:
+        """A secret -> the file mailroom reads it from. Never returns the secret itself."""
+        if value is None:
+            return None
+        default = str(PurePosixPath(self.options.secrets_dir) / file_name)
+        match = PLACEHOLDER.fullmatch(value) if isinstance(value, str) else None
+        ref = self.erb[int(match.group(1))] if match is not None else value
+        if isinstance(ref, FileRef):
+            return ref.path
+        if isinstance(ref, EnvRef):
+            self.report.note(
+                where,
+                option,
+                Severity.ACTION,
+                f"came from ${ref.name} (line {ref.line}); mailroom reads secrets from files: write it "
+                f'to {default} (printf %s "${ref.name}" > {default}; chmod 600 {default})',
+            )
+            return default
+        if isinstance(value, str) and PLACEHOLDER.search(value):
+            self.report.problem(where, option, "ERB inside a secret's text: replace it by File.read(...)")
+            return None
+        self.report.note(
+            where,
+            option,
+            Severity.ACTION,
+            f"was inline; mailroom never keeps a secret in its config: write it to {default} "
+            f"(no other content; a trailing newline is ignored; chmod 600)",
+        )
+        return default
+
+    # -- one mailbox --------------------------------------------------------------------------------
+
+    def mailbox(
+        self, raw: Mapping[str, Any], index: int, name: str | None = None, address: str | None = None
+    ) -> dict[str, Any]:
+        """``raw``: one mail_room mailbox with its keys' leading colons removed."""
+        box = {key: raw[key] for key in raw}
+        literal = {
+            k: box.get(k) if not PLACEHOLDER.search(str(box.get(k))) else None for k in ("email", "name")
+        }
+        name = self._unique_name(
+            name or _gitlab_section(box) or _name_for(literal["email"], literal["name"], index)
+        )
+        where = name
+        email = self.plain(box.get("email"), where, "email")
+        folder = self.plain(box.get("name"), where, "name")
+        out: dict[str, Any] = {"name": name}
+        for key in sorted(set(box) - _KNOWN):
+            self.report.note(where, key, Severity.DROPPED, "not a mail_room mailbox option; ignored")
+        graph = str(self.plain(box.get("inbox_method"), where, "inbox_method") or "imap") == "microsoft_graph"
+        if graph:
+            self._graph(box, out, where, email, folder)
+        else:
+            self._imap(box, out, where, email, folder)
+        out["address"] = self._address(address, email, where)
+        self._after_delivery(box, out, where, graph)
+        self._search(box, where, graph)
+        self._delivery(box, out, where)
+        self._arbitration(box, where)
+        self._logger(box, where)
+        if box.get("limit_max_unread"):
+            self.report.note(
+                where,
+                "limit_max_unread",
+                Severity.DROPPED,
+                "mailroom fetches in chunks of batch_size (default 200), which is what this guarded against",
+            )
+        return out
+
+    def _unique_name(self, name: str) -> str:
+        base, n = name, 2
+        while name in self.names:
+            name, n = f"{base}-{n}", n + 1
+        self.names.add(name)
+        return name
+
+    def _imap(self, box: dict[str, Any], out: dict[str, Any], where: str, email: Any, folder: Any) -> None:
+        if box.get("inbox_options"):
+            self.report.note(where, "inbox_options", Severity.DROPPED, "only used with microsoft_graph")
+        host = self.plain(box.get("host", _DEFAULTS["host"]), where, "host")
+        out["host"] = host
+        if "host" not in box:
+            self.report.note(where, "host", Severity.CHANGED, "not given: mail_room's default imap.gmail.com")
+        ssl = self.plain(box.get("ssl", _DEFAULTS["ssl"]), where, "ssl")
+        start_tls = bool(self.plain(box.get("start_tls", _DEFAULTS["start_tls"]), where, "start_tls"))
+        port = self.plain(box.get("port", _DEFAULTS["port"]), where, "port")
+        if ssl:
+            out["security"] = "tls"
+            if start_tls:
+                self.report.note(
+                    where, "start_tls", Severity.DROPPED, "ssl is on: the connection is TLS already"
+                )
+            if isinstance(ssl, Mapping):
+                self._ssl_params(ssl, out, where)
+        elif start_tls:
+            out["security"] = "starttls"
+        else:
+            out["security"] = "none"
+            if not _loopback(str(host)):
+                out["allow_insecure"] = True
+                self.report.note(
+                    where,
+                    "ssl",
+                    Severity.ACTION,
+                    "ssl and start_tls are off, so the password travels in clear text, as it did with "
+                    "mail_room; mailroom needs allow_insecure: true for that (set). Use ssl or STARTTLS "
+                    "if the server offers it",
+                )
+        default_port = 993 if out["security"] == "tls" else 143
+        if port is not None and int(port) != default_port:
+            out["port"] = int(port)
+        out["username"] = email
+        if box.get("password") is None:
+            self.report.problem(where, "password", "required for an IMAP mailbox")
+        else:
+            out["password_file"] = self.secret(box.get("password"), where, "password", f"{where}-password")
+        if folder is not None and str(folder) != "INBOX":
+            out["folder"] = "INBOX" if str(folder).lower() == "inbox" else folder
+        idle = self.plain(box.get("idle_timeout"), where, "idle_timeout")
+        if idle is not None:
+            idle = float(idle)
+            if 0 < idle <= MAX_IDLE_TIMEOUT:
+                out["idle_timeout"] = int(idle) if idle.is_integer() else idle
+            else:
+                self.report.note(
+                    where, "idle_timeout", Severity.DROPPED, f"{idle} is out of 1..{MAX_IDLE_TIMEOUT}"
+                )
+
+    def _ssl_params(self, ssl: Mapping[str, Any], out: dict[str, Any], where: str) -> None:
+        params = {str(k).lstrip(":"): v for k, v in ssl.items()}
+        verify = str(params.pop("verify_mode", "peer")).lstrip(":").lower()
+        if verify == "none":
+            out["verify"] = False
+            self.report.note(where, "ssl.verify_mode", Severity.CHANGED, "none: certificate not verified")
+        if "ca_file" in params:
+            out["ca_file"] = params.pop("ca_file")
+        for key in sorted(params):
+            self.report.note(where, f"ssl.{key}", Severity.DROPPED, "no such TLS setting in mailroom")
+
+    def _graph(self, box: dict[str, Any], out: dict[str, Any], where: str, email: Any, folder: Any) -> None:
+        options = {str(k).lstrip(":"): v for k, v in (box.get("inbox_options") or {}).items()}
+        out["kind"] = "graph"
+        for key in ("host", "port", "ssl", "start_tls", "password", "idle_timeout"):
+            if key in box:
+                self.report.note(where, key, Severity.DROPPED, "not used with microsoft_graph")
+        graph: dict[str, Any] = {
+            "tenant": self.plain(options.get("tenant_id"), where, "inbox_options.tenant_id"),
+            "client_id": self.plain(options.get("client_id"), where, "inbox_options.client_id"),
+            "client_secret_file": self.secret(
+                options.get("client_secret"), where, "inbox_options.client_secret", f"{where}-client-secret"
+            ),
+            "user": email,
+        }
+        for key in ("tenant_id", "client_id", "client_secret"):
+            if options.get(key) is None:
+                self.report.problem(where, f"inbox_options.{key}", "required for microsoft_graph")
+        authority = self.plain(options.get("azure_ad_endpoint"), where, "inbox_options.azure_ad_endpoint")
+        if authority:
+            graph["authority"] = str(authority).rstrip("/")
+        endpoint = self.plain(options.get("graph_endpoint"), where, "inbox_options.graph_endpoint")
+        if endpoint:
+            endpoint = str(endpoint).rstrip("/")
+            graph["base_url"] = f"{endpoint}/v1.0"
+            graph["scope"] = f"{endpoint}/.default"
+        out["graph"] = graph
+        out["folder"] = (
+            str(folder or "inbox").lower() if str(folder or "inbox").lower() == "inbox" else folder
+        )
+        interval = self.plain(options.get("poll_interval"), where, "inbox_options.poll_interval")
+        if interval is not None and float(interval) > 0:
+            out["poll_interval"] = int(interval)
+        self.report.note(
+            where,
+            "inbox_method",
+            Severity.CHANGED,
+            "read with delta queries (a poll costs what changed), marked read only after the job is queued",
+        )
+        for key in sorted(set(options) - {"tenant_id", "client_id", "client_secret", "poll_interval",
+                                          "azure_ad_endpoint", "graph_endpoint"}):  # fmt: skip
+            self.report.note(where, f"inbox_options.{key}", Severity.DROPPED, "not a mail_room Graph option")
+
+    def _address(self, address: str | None, email: Any, where: str) -> str:
+        if self.options.address is not None:
+            return self.options.address
+        if address is not None:
+            return address
+        local, at, domain = str(email or "").partition("@")
+        if not at:
+            local, domain = "incoming", "example.com"
+        local = local.split("+", 1)[0]
+        guess = f"{local}+%{{key}}@{domain}"
+        self.report.note(
+            where,
+            "address",
+            Severity.ACTION,
+            f"mail_room has no reply-address template; guessed {guess} from the login: check it (the reply "
+            "key recorded with each job and in `mailroom history` is read with it), or pass --address",
+        )
+        return guess
+
+    def _after_delivery(self, box: dict[str, Any], out: dict[str, Any], where: str, graph: bool) -> None:
+        delete = bool(self.plain(box.get("delete_after_delivery", False), where, "delete_after_delivery"))
+        expunge = bool(self.plain(box.get("expunge_deleted", False), where, "expunge_deleted"))
+        if not delete:
+            if expunge:
+                self.report.note(where, "expunge_deleted", Severity.DROPPED, "nothing is deleted")
+            if not graph:
+                self.report.note(
+                    where,
+                    "delete_after_delivery",
+                    Severity.CHANGED,
+                    "off: messages are marked \\Seen (after_delivery: seen), only once their job is in "
+                    "Redis (mail_room's FETCH marked them on download)",
+                )
+            return
+        out["after_delivery"] = "delete"
+        if graph:
+            return
+        if expunge:
+            self.report.note(
+                where, "expunge_deleted", Severity.CHANGED, "on: mailroom expunges what it deletes"
+            )
+        else:
+            self.report.note(
+                where,
+                "expunge_deleted",
+                Severity.CHANGED,
+                "off in mail_room (deleted messages stayed, flagged \\Deleted, until the server expunged "
+                "them); mailroom's after_delivery: delete expunges the messages it deleted (UID EXPUNGE)",
+            )
+
+    def _search(self, box: dict[str, Any], where: str, graph: bool) -> None:
+        command = box.get("search_command")
+        if command is None or graph:
+            return
+        command = str(self.plain(command, where, "search_command")).strip()
+        if command.upper() == "UNSEEN":
+            return  # what mailroom does: every message not yet done (not \Seen, not \Deleted)
+        self.report.note(
+            where,
+            "search_command",
+            Severity.DROPPED,
+            f"{command!r}: mailroom searches for the messages it has not yet marked done (UNSEEN UNDELETED, "
+            "or UNDELETED when it deletes or moves them)",
+        )
+
+    def _delivery(self, box: dict[str, Any], out: dict[str, Any], where: str) -> None:
+        method = str(self.plain(box.get("delivery_method", _DEFAULTS["delivery_method"]), where, "x") or "")
+        options = {str(k).lstrip(":"): v for k, v in (box.get("delivery_options") or {}).items()}
+        for key in ("delivery_url", "delivery_token", "content_type", "log_path", "location"):
+            if key in box:  # mail_room also reads these at the top of a mailbox
+                options.setdefault(key, box[key])
+        if box.get("delivery_klass"):
+            self.report.problem(
+                where, "delivery_klass", "a Ruby class cannot run in mailroom: write a handler"
+            )
+            return
+        if method == "postback":
+            self._postback(options, out, where)
+        elif method == "sidekiq":
+            self._sidekiq(options, out, where)
+        elif method in ("logger", "noop"):
+            out["handler"] = "log"
+            self.report.note(
+                where,
+                "delivery_method",
+                Severity.CHANGED,
+                f"{method}: handler log writes one JSON line per message (ids, key, sender), never the body",
+            )
+            for key in sorted(options):
+                self.report.note(where, f"delivery_options.{key}", Severity.DROPPED, "no such log option")
+        else:
+            self.report.problem(
+                where,
+                "delivery_method",
+                f"{method!r} has no mailroom counterpart: write a handler (docs/handlers.md) and set handler",
+            )
+
+    def _postback(self, options: dict[str, Any], out: dict[str, Any], where: str) -> None:
+        url = self.plain(options.pop("delivery_url", None) or options.pop("url", None), where, "delivery_url")
+        if url is None:
+            self.report.problem(
+                where,
+                "delivery_options.delivery_url",
+                "no URL to deliver to: pass --gitlab-url with GitLab's internal URL (Omnibus: "
+                "http://127.0.0.1:8080; the Helm chart: its Workhorse Service, "
+                "http://RELEASE-webservice-default.NAMESPACE.svc:8181)",
+            )
+            return
+        webhook: dict[str, Any] = {"url": self._http_url(str(url), where, "delivery_options.delivery_url")}
+        out["handler"] = "webhook"
+        out["webhook"] = webhook
+        header = options.pop("jwt_auth_header", None)
+        secret_path = options.pop("jwt_secret_path", None)
+        issuer = options.pop("jwt_issuer", None) or MAIL_ROOM_JWT_ISSUER
+        algorithm = options.pop("jwt_algorithm", None) or JWT_ALGORITHM
+        if header is not None and secret_path is not None:
+            webhook["secret_file"] = str(self.plain(secret_path, where, "delivery_options.jwt_secret_path"))
+            self._jwt(webhook, str(header), str(issuer), str(algorithm), where)
+        else:
+            self.report.problem(
+                where,
+                "delivery_options",
+                "mailroom's webhook always signs its requests (a JWT); give jwt_auth_header and "
+                "jwt_secret_path",
+            )
+        content_type = options.pop("content_type", None)
+        if content_type is not None and str(content_type) != "text/plain":
+            self.report.note(
+                where,
+                "delivery_options.content_type",
+                Severity.DROPPED,
+                f"{content_type!r}: sent as text/plain",
+            )
+        elif content_type is None:
+            self.report.note(
+                where,
+                "delivery_options.content_type",
+                Severity.CHANGED,
+                "not given (Faraday sent application/x-www-form-urlencoded): mailroom sends text/plain",
+            )
+        for key in (
+            "delivery_token",
+            "token",
+            "username",
+            "delivery_username",
+            "password",
+            "delivery_password",
+        ):
+            if options.pop(key, None) is not None:
+                self.report.problem(
+                    where,
+                    f"delivery_options.{key}",
+                    "this mailroom version has no token/basic auth for webhooks",
+                )
+        for key in sorted(options):
+            self.report.note(where, f"delivery_options.{key}", Severity.DROPPED, "not a postback option")
+
+    def _jwt(self, webhook: dict[str, Any], header: str, issuer: str, algorithm: str, where: str) -> None:
+        for option, value, gitlab in (
+            ("jwt_auth_header", header, GITLAB_JWT_HEADER),
+            ("jwt_issuer", issuer, GITLAB_JWT_ISSUER),
+            ("jwt_algorithm", algorithm, JWT_ALGORITHM),
+        ):
+            if value != gitlab:
+                self.report.problem(
+                    where,
+                    f"delivery_options.{option}",
+                    f"{value!r}: this mailroom version signs with GitLab's {gitlab!r} only",
+                )
+
+    def _sidekiq(self, options: dict[str, Any], out: dict[str, Any], where: str) -> None:
+        worker = str(options.get("worker") or "")
+        redis_url = options.get("redis_url")
+        if redis_url:
+            self.redis_candidates.append((where, self._redis(options, where, "delivery_options")))
+        path = GITLAB_WORKERS.get(worker)
+        if path is None:
+            self.report.problem(
+                where,
+                "delivery_method",
+                f"sidekiq (worker {worker or '?'}): mailroom queues RQ jobs for Python handlers, not Sidekiq "
+                "jobs: write a handler (docs/handlers.md), or deliver by postback",
+            )
+            return
+        if self.options.gitlab_url is None:
+            self.report.problem(
+                where,
+                "delivery_method",
+                f"sidekiq ({worker}): mailroom delivers to GitLab through its API (the webhook delivery): "
+                "pass --gitlab-url with GitLab's internal URL (e.g. http://127.0.0.1:8080)",
+            )
+            return
+        url = self.options.gitlab_url.rstrip("/") + GITLAB_API_PATH + path
+        out["handler"] = "webhook"
+        out["webhook"] = {
+            "url": url,
+            "secret_file": str(PurePosixPath(self.options.secrets_dir) / f"{where}-webhook"),
+        }
+        self.report.note(
+            where,
+            "delivery_method",
+            Severity.ACTION,
+            f"sidekiq ({worker}) becomes GitLab's webhook delivery to {url}: set {path}'s delivery_method to "
+            f"webhook in GitLab and give it and mailroom the same Base64 secret "
+            f"({out['webhook']['secret_file']}; GitLab's {path}.secret_file)",
+        )
+        for key in sorted(set(options) - {"worker", "redis_url", "sentinels", "queue", "namespace"}):
+            self.report.note(where, f"delivery_options.{key}", Severity.DROPPED, "a Sidekiq option")
+
+    def _http_url(self, url: str, where: str, option: str) -> str:
+        if url.startswith(("http://", "https://")):
+            return url
+        if self.options.gitlab_url is not None and GITLAB_API_PATH in url:
+            fixed = self.options.gitlab_url.rstrip("/") + GITLAB_API_PATH + url.split(GITLAB_API_PATH, 1)[1]
+            self.report.note(where, option, Severity.CHANGED, f"{url!r} -> {fixed} (--gitlab-url)")
+            return fixed
+        self.report.problem(
+            where, option, f"{url!r} is not an http(s) URL: pass --gitlab-url with GitLab's internal URL"
+        )
+        return url
+
+    def _arbitration(self, box: dict[str, Any], where: str) -> None:
+        method = box.get("arbitration_method")
+        options = {str(k).lstrip(":"): v for k, v in (box.get("arbitration_options") or {}).items()}
+        if method in (None, "noop"):
+            return
+        if options.get("redis_url"):
+            self.redis_candidates.append((where, self._redis(options, where, "arbitration_options")))
+        self.report.note(
+            where,
+            "arbitration_method",
+            Severity.DROPPED,
+            f"{method}: mailroom never queues a message twice (a guard key per message, in the same Redis "
+            "transaction as its job); with several replicas, set lease_ttl so only one fetches each mailbox",
+        )
+
+    def _redis(self, options: dict[str, Any], where: str, option: str) -> str:
+        url = str(self.plain(options.get("redis_url"), where, f"{option}.redis_url") or "")
+        if url.startswith("unix:"):
+            return "unix://" + url.removeprefix("unix:").removeprefix("//")
+        parts = urlsplit(url)
+        if parts.password:
+            self.report.note(
+                where,
+                f"{option}.redis_url",
+                Severity.ACTION,
+                "has a password, left out of the config: give the whole URL as MAILROOM_REDIS_URL",
+            )
+        host = parts.hostname or "127.0.0.1"
+        db = parts.path.strip("/") or "0"
+        sentinels = options.get("sentinels") or []
+        if sentinels:
+            nodes = ",".join(
+                f"{s.get('host', s.get(':host'))}:{s.get('port', s.get(':port', 26379))}" for s in sentinels
+            )
+            return f"redis+sentinel://{nodes}/{quote(unquote(host))}/{db}"
+        user = f"{parts.username}@" if parts.username and not parts.password else ""
+        return f"{parts.scheme or 'redis'}://{user}{host}:{parts.port or 6379}/{db}"
+
+    def _logger(self, box: dict[str, Any], where: str) -> None:
+        logger = box.get("logger") or {}
+        path = (logger.get("log_path") or logger.get(":log_path")) if isinstance(logger, Mapping) else None
+        if path and str(path).lower() not in ("/dev/stdout", "stdout", ":stdout"):
+            self.report.note(
+                where,
+                "logger.log_path",
+                Severity.DROPPED,
+                f"{path}: mailroom logs JSON lines to stdout; redirect it, or let the supervisor collect it",
+            )
+
+
+def _scalar(value: str) -> Any:
+    """An ERB-substituted text, typed as YAML would type it (ports and flags)."""
+    if value.isdigit():
+        return int(value)
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    return value
+
+
+def _loopback(host: str) -> bool:
+    return host in ("localhost", "127.0.0.1", "::1")
+
+
+def _gitlab_section(box: Mapping[str, Any]) -> str | None:
+    """incoming_email / service_desk_email for a mailbox GitLab's own template rendered."""
+    options = box.get("delivery_options")
+    url = options.get("delivery_url") if isinstance(options, Mapping) else None
+    if isinstance(url, str) and GITLAB_API_PATH in url:
+        section = url.rsplit("/", 1)[-1]
+        return section if section in GITLAB_WORKERS.values() else None
+    return None
+
+
+def _name_for(email: Any, folder: Any, index: int) -> str:
+    local = str(email or f"mailbox{index}").split("@", 1)[0]
+    name = local if str(folder or "inbox").lower() == "inbox" else f"{local}-{folder}"
+    return _NAME_UNSAFE.sub("-", name).strip("-") or f"mailbox{index}"
