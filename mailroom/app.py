@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, cast
 from rq import Worker
 
 from mailroom import logs, metrics
-from mailroom.config import AuthMethod, MailboxConfig, MailboxKind, OAuth2Config, Settings
+from mailroom.config import AuthMethod, GraphMailbox, MailboxConfig, MailboxKind, OAuth2Config, Settings
 from mailroom.health import MARGIN_SECONDS, Check, WatchedMailbox, WatcherProbe, WorkerProbe
 from mailroom.imap.session import FetchedMessage, ImapSession
 from mailroom.imap.watcher import MailboxWatcher, Sink, WatcherStatus, WatchLimits
@@ -167,7 +167,7 @@ def start_watchers(settings: Settings, stop: threading.Event, limits: WatchLimit
     queue = MailQueue(connect(settings.redis_url), settings)
 
     def make(mailbox: MailboxConfig, stop: threading.Event) -> AnyWatcher:
-        if mailbox.kind is MailboxKind.GRAPH:
+        if isinstance(mailbox, GraphMailbox):
             return _graph_watcher(mailbox, queue, stop)
         open_session = ImapSession.open
         if mailbox.auth is AuthMethod.OAUTH2 and mailbox.oauth2 is not None:
@@ -189,7 +189,7 @@ def start_watchers(settings: Settings, stop: threading.Event, limits: WatchLimit
     return Watchers(watchers, threads)
 
 
-def _graph_watcher(mailbox: MailboxConfig, queue: MailQueue, stop: threading.Event) -> GraphWatcher:
+def _graph_watcher(mailbox: GraphMailbox, queue: MailQueue, stop: threading.Event) -> GraphWatcher:
     """A Microsoft Graph mailbox: client-credentials tokens, delta link in Redis."""
     # Imported here: HTTP and OAuth2 libraries cost an IMAP-only watcher ~20 MB of RSS for nothing.
     from mailroom.graph.client import GraphClient
@@ -197,7 +197,6 @@ def _graph_watcher(mailbox: MailboxConfig, queue: MailQueue, stop: threading.Eve
     from mailroom.graph.watcher import GraphWatcher
     from mailroom.oauth2 import token_source_for
 
-    assert mailbox.graph is not None
     graph = mailbox.graph
     tokens = token_source_for(
         mailbox.name, OAuth2Config(client_credentials=graph.client_credentials()), timeout=mailbox.timeout

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from rq import Queue, Worker
 from rq.serializers import JSONSerializer
 
-from mailroom.config import MailboxConfig, MailboxKind, OAuth2Config, Security, Settings
+from mailroom.config import GraphMailbox, ImapMailbox, OAuth2Config, Security, Settings
 from mailroom.errors import GraphError, ImapAuthError, ImapError, TokenError
 from mailroom.imap.session import ImapSession
 
@@ -56,7 +56,7 @@ def _fail(name: str, detail: str) -> Result:
     return Result(name, Outcome.FAIL, detail)
 
 
-def check_mailbox(config: MailboxConfig) -> Iterator[Result]:
+def check_mailbox(config: ImapMailbox) -> Iterator[Result]:
     prefix = f"{config.name}:"
     where = f"{config.host}:{config.effective_port}"
     try:
@@ -111,7 +111,7 @@ def check_mailbox(config: MailboxConfig) -> Iterator[Result]:
         session.close()
 
 
-def check_graph_mailbox(config: MailboxConfig) -> Iterator[Result]:
+def check_graph_mailbox(config: GraphMailbox) -> Iterator[Result]:
     """The Graph counterpart of ``check_mailbox``: token, folder, waiting, through the watcher's own
     token source and client, so a ✓ here means the watcher's requests succeed too.
 
@@ -123,7 +123,6 @@ def check_graph_mailbox(config: MailboxConfig) -> Iterator[Result]:
     from mailroom.graph.client import GraphClient
     from mailroom.oauth2 import token_source_for
 
-    assert config.graph is not None
     graph = config.graph
     prefix = f"{config.name}:"
     credentials = graph.client_credentials()
@@ -193,7 +192,7 @@ def check_redis(settings: Settings, connection: redis.Redis) -> Iterator[Result]
 def run_checks(settings: Settings, connection: redis.Redis) -> Iterator[Result]:
     yield _ok("config", f"valid, {len(settings.mailboxes)} mailbox(es)")
     for mailbox in settings.mailboxes:
-        if mailbox.kind is MailboxKind.GRAPH:
+        if isinstance(mailbox, GraphMailbox):
             yield from check_graph_mailbox(mailbox)
         else:
             yield from check_mailbox(mailbox)

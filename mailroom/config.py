@@ -18,15 +18,17 @@ import sys
 from collections.abc import Callable, Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     SecretStr,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -60,12 +62,46 @@ class AfterDeliveryAction(StrEnum):
 
 
 class _Model(BaseModel):
+    """The one way every config model validates, so each problem is reported at its own field.
+
+    A rule about the form of one value is a type, a ``Field`` constraint or a field validator: pydantic
+    reports it together with every other malformed value. A rule that needs more than the value (other
+    fields, the file system, where a secret may be sent) is a ``(field, problem)`` pair from
+    ``_problems()``, checked once every field parsed; every path in the configuration names a file
+    mailroom reads, so a path that is not a readable file is such a problem. Nothing raises at the model
+    level without naming a field.
+    """
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def _problems(self) -> list[tuple[str, str]]:
+        return []
+
+    @model_validator(mode="after")
+    def _no_problems(self) -> Self:
+        problems = [
+            (name, f"{value} is not a readable file")
+            for name, value in self
+            if isinstance(value, Path) and not value.is_file()
+        ]
+        _problems_found(type(self).__name__, problems + self._problems())
+        return self
+
+
+# The one type of a secret held in a file (a mounted Kubernetes/Docker secret): read fresh on every use
+# with read_secret_file, so a rotated secret takes effect without a restart. Inline secrets are SecretStr.
+SecretFile = Annotated[Path, Field(description="a file holding a secret, re-read on every use")]
 
 
 def read_secret_file(path: Path) -> str:
     """A secret from a mounted file, without the trailing newline editors and ``kubectl`` add."""
     return path.read_text(encoding="utf-8").rstrip("\r\n")
+
+
+def _read_secret(inline: SecretStr | None, path: Path | None) -> str | None:
+    if path is not None:
+        return read_secret_file(path)
+    return inline.get_secret_value() if inline is not None else None
 
 
 def _is_loopback(host: str) -> bool:
@@ -75,21 +111,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-class WebhookConfig(_Model):
-    """The ``webhook`` handler: POST the raw message to the application, GitLab mail_room style."""
-
-    url: str
-    secret_file: Path = Field(description="file holding the Base64 HS256 signing secret")
-    timeout: float = Field(default=30.0, gt=0)
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value
 
 
 def _problems_found(model: str, problems: list[tuple[str, str]]) -> None:
@@ -115,13 +136,33 @@ def _http_url_problem(name: str, value: str | None) -> list[tuple[str, str]]:
     return [(name, "must start with https:// (http:// only for a server on loopback)")]
 
 
-def _file_problem(name: str, path: Path | None) -> list[tuple[str, str]]:
-    if path is not None and not path.is_file():
-        return [(name, f"{path} is not a readable file")]
+_CLEARTEXT = "security: none sends the password in clear text; set allow_insecure: true to accept that"
+
+
+def _one_of(names: tuple[str, str], values: tuple[object, object]) -> list[tuple[str, str]]:
+    if values[0] is not None and values[1] is not None:
+        return [(names[0], f"set at most one of {names[0]} and {names[1]}")]
     return []
 
 
+class WebhookConfig(_Model):
+    """The ``webhook`` handler: POST the raw message to the application, GitLab mail_room style."""
+
+    url: str
+    secret_file: SecretFile = Field(description="file holding the Base64 HS256 signing secret")
+    timeout: float = Field(default=30.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+
 class MailboxKind(StrEnum):
+    """Where a mailbox's mail comes from: the ``kind`` of its configuration and of its source."""
+
     IMAP = "imap"
     GRAPH = "graph"
 
@@ -139,7 +180,7 @@ class ClientCredentialsConfig(_Model):
 
     tenant: str | None = Field(default=None, description="directory (tenant) id or domain")
     client_id: str
-    client_secret_file: Path
+    client_secret_file: SecretFile
     scope: str = "https://outlook.office365.com/.default"
     authority: str = MICROSOFT_AUTHORITY
     token_url: str | None = Field(default=None, description="default {authority}/{tenant}/oauth2/v2.0/token")
@@ -150,39 +191,34 @@ class ClientCredentialsConfig(_Model):
             return self.token_url
         return f"{self.authority.rstrip('/')}/{self.tenant}/oauth2/v2.0/token"
 
-    @model_validator(mode="after")
-    def _consistent_client_credentials(self) -> ClientCredentialsConfig:
-        problems = _file_problem("client_secret_file", self.client_secret_file)
+    def _problems(self) -> list[tuple[str, str]]:
+        problems = []
         if self.tenant is None and self.token_url is None:
             problems.append(("tenant", "required (or give token_url)"))
-        problems += _http_url_problem("authority", self.authority)
-        problems += _http_url_problem("token_url", self.token_url)
-        _problems_found("ClientCredentialsConfig", problems)
-        return self
+        return (
+            problems
+            + _http_url_problem("authority", self.authority)
+            + _http_url_problem("token_url", self.token_url)
+        )
 
 
 class RefreshTokenConfig(_Model):
     """OAuth2 refresh-token grant (RFC 6749 section 6), as Google documents it for IMAP."""
 
     client_id: str
-    client_secret_file: Path | None = None
-    refresh_token_file: Path
+    client_secret_file: SecretFile | None = None
+    refresh_token_file: SecretFile
     token_url: str = "https://oauth2.googleapis.com/token"  # noqa: S105 - a URL, not a secret
     scope: str | None = Field(default=None, description="default: the scope the refresh token was granted")
 
-    @model_validator(mode="after")
-    def _consistent_refresh_token(self) -> RefreshTokenConfig:
-        problems = _file_problem("client_secret_file", self.client_secret_file)
-        problems += _file_problem("refresh_token_file", self.refresh_token_file)
-        problems += _http_url_problem("token_url", self.token_url)
-        _problems_found("RefreshTokenConfig", problems)
-        return self
+    def _problems(self) -> list[tuple[str, str]]:
+        return _http_url_problem("token_url", self.token_url)
 
 
 class OAuth2Config(_Model):
     """Where an IMAP mailbox's OAuth2 access tokens come from (exactly one source)."""
 
-    token_file: Path | None = Field(default=None, description="a file holding the current access token")
+    token_file: SecretFile | None = Field(default=None, description="a file holding the current access token")
     client_credentials: ClientCredentialsConfig | None = None
     refresh_token: RefreshTokenConfig | None = None
     mechanism: Literal["auto", "xoauth2", "oauthbearer"] = Field(
@@ -190,14 +226,11 @@ class OAuth2Config(_Model):
     )
     refresh_margin: float = Field(default=300.0, ge=0, description="seconds before expiry to get a new token")
 
-    @model_validator(mode="after")
-    def _one_source(self) -> OAuth2Config:
+    def _problems(self) -> list[tuple[str, str]]:
         sources = [self.token_file, self.client_credentials, self.refresh_token]
-        problems = _file_problem("token_file", self.token_file)
         if sum(source is not None for source in sources) != 1:
-            problems.append(("", "set exactly one of token_file, client_credentials or refresh_token"))
-        _problems_found("OAuth2Config", problems)
-        return self
+            return [("", "set exactly one of token_file, client_credentials or refresh_token")]
+        return []
 
 
 class GraphConfig(_Model):
@@ -205,7 +238,7 @@ class GraphConfig(_Model):
 
     tenant: str = Field(description="directory (tenant) id or domain")
     client_id: str
-    client_secret_file: Path
+    client_secret_file: SecretFile
     user: str = Field(description="the mailbox: user principal name or user id")
     authority: str = MICROSOFT_AUTHORITY
     token_url: str | None = Field(default=None, description="default {authority}/{tenant}/oauth2/v2.0/token")
@@ -223,33 +256,18 @@ class GraphConfig(_Model):
             token_url=self.token_url,
         )
 
-    @model_validator(mode="after")
-    def _consistent_graph(self) -> GraphConfig:
-        problems = _file_problem("client_secret_file", self.client_secret_file)
+    def _problems(self) -> list[tuple[str, str]]:
+        problems: list[tuple[str, str]] = []
         for name in ("authority", "token_url", "base_url"):
             problems += _http_url_problem(name, getattr(self, name))
-        _problems_found("GraphConfig", problems)
-        return self
+        return problems
 
 
-class MailboxConfig(_Model):
-    """One mailbox to watch (IMAP, or Microsoft Graph), and what to do with its mail."""
+class _Mailbox(_Model):
+    """What every mailbox has, whatever its source: its name, and what to do with its mail."""
 
     # Letters, digits, _ and -: the name goes into RQ job ids as it is (no two names may map to one id).
     name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
-    kind: MailboxKind = MailboxKind.IMAP
-    auth: AuthMethod = Field(default=AuthMethod.PASSWORD, description="IMAP login: password or oauth2")
-    oauth2: OAuth2Config | None = None
-    graph: GraphConfig | None = None
-    host: str | None = Field(default=None, description="IMAP server (kind: imap)")
-    port: int | None = Field(default=None, ge=1, le=65535, description="default 993 for tls, else 143")
-    security: Security = Security.TLS
-    allow_insecure: bool = Field(default=False, description="required for security: none off loopback")
-    verify: bool = True
-    ca_file: Path | None = None
-    username: str | None = Field(default=None, description="IMAP login (with oauth2: the mailbox address)")
-    password: SecretStr | None = None
-    password_file: Path | None = None
     folder: str = "INBOX"
     address: str = DEFAULT_ADDRESS
     queue: str = DEFAULT_QUEUE
@@ -259,18 +277,12 @@ class MailboxConfig(_Model):
     )
     webhook: WebhookConfig | None = None
     after_delivery: str = "seen"
-    idle_timeout: float = Field(default=300.0, gt=0, le=MAX_IDLE_TIMEOUT)
     poll_interval: float = Field(default=60.0, gt=0)
     batch_size: int = Field(
-        default=200, ge=1, le=5000, description="UIDs per FETCH and per Redis transaction"
+        default=200, ge=1, le=5000, description="messages per fetch and per Redis transaction"
     )
     max_message_size: int = Field(
         default=25 * 1024 * 1024, gt=0, description="bytes; larger messages are parked with their header only"
-    )
-    keepalive_interval: float = Field(
-        default=15.0,
-        ge=0,
-        description="renew IDLE this often (0: at idle_timeout only); the round trip detects dead links",
     )
     timeout: float = Field(default=30.0, gt=0, description="connect and command timeout, seconds")
     retries: tuple[int, ...] = Field(
@@ -279,22 +291,9 @@ class MailboxConfig(_Model):
     )
 
     @property
-    def effective_port(self) -> int:
-        if self.port is not None:
-            return self.port
-        return 993 if self.security is Security.TLS else 143
-
-    @property
     def after_delivery_action(self) -> tuple[AfterDeliveryAction, str | None]:
         action, _, folder = self.after_delivery.partition(":")
         return AfterDeliveryAction(action), folder or None
-
-    def read_password(self) -> str:
-        """The password, read fresh from ``password_file`` on each call so rotated secrets take effect."""
-        if self.password_file is not None:
-            return read_secret_file(self.password_file)
-        assert self.password is not None  # guaranteed by the validator
-        return self.password.get_secret_value()
 
     @field_validator("address")
     @classmethod
@@ -322,48 +321,86 @@ class MailboxConfig(_Model):
             return value
         raise ValueError("must be log, webhook, or an import string like myapp.mail:handle")
 
-    def _source_problems(self) -> list[tuple[str, str]]:
-        """What kind and auth require: one (field, problem) per problem."""
-        problems: list[tuple[str, str]] = []
-        if self.kind is MailboxKind.GRAPH:
-            if self.graph is None:
-                problems.append(("graph", "kind: graph needs a graph: section (tenant, client_id, ...)"))
-            return problems
-        if self.graph is not None:
-            problems.append(("graph", "only used with kind: graph"))
-        if self.host is None:
-            problems.append(("host", "required for an IMAP mailbox"))
-        if self.username is None:
-            problems.append(("username", "required for an IMAP mailbox (with oauth2: the mailbox address)"))
+    def _problems(self) -> list[tuple[str, str]]:
+        if self.handler == "webhook" and self.webhook is None:
+            return [("webhook", "handler: webhook needs a webhook: {url, secret_file} section")]
+        return []
+
+
+class ImapMailbox(_Mailbox):
+    """A mailbox on an IMAP server: IDLE (or polling) over one connection, password or OAuth2 login."""
+
+    kind: Literal[MailboxKind.IMAP] = MailboxKind.IMAP
+    host: str = Field(description="the IMAP server")
+    port: int | None = Field(default=None, ge=1, le=65535, description="default 993 for tls, else 143")
+    security: Security = Security.TLS
+    allow_insecure: bool = Field(default=False, description="required for security: none off loopback")
+    verify: bool = True
+    ca_file: Path | None = None
+    username: str = Field(description="IMAP login (with oauth2: the mailbox address)")
+    auth: AuthMethod = Field(default=AuthMethod.PASSWORD, description="IMAP login: password or oauth2")
+    password: SecretStr | None = None
+    password_file: SecretFile | None = None
+    oauth2: OAuth2Config | None = None
+    idle_timeout: float = Field(default=300.0, gt=0, le=MAX_IDLE_TIMEOUT)
+    keepalive_interval: float = Field(
+        default=15.0,
+        ge=0,
+        description="renew IDLE this often (0: at idle_timeout only); the round trip detects dead links",
+    )
+
+    @property
+    def effective_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return 993 if self.security is Security.TLS else 143
+
+    def read_password(self) -> str:
+        """The password, read fresh from ``password_file`` on each call so rotated secrets take effect."""
+        password = _read_secret(self.password, self.password_file)
+        assert password is not None  # guaranteed by _problems for auth: password
+        return password
+
+    def _problems(self) -> list[tuple[str, str]]:
+        problems = super()._problems()
         if self.auth is AuthMethod.OAUTH2:
             if self.oauth2 is None:
                 problems.append(("oauth2", "auth: oauth2 needs an oauth2: section (token_file, ...)"))
             if self.password is not None or self.password_file is not None:
                 problems.append(("password", "not used with auth: oauth2; remove password/password_file"))
-        else:
-            if self.oauth2 is not None:
-                problems.append(("auth", "an oauth2: section is given: set auth: oauth2"))
-            elif (self.password is None) == (self.password_file is None):
-                problems.append(("password", "set exactly one of password or password_file"))
+        elif self.oauth2 is not None:
+            problems.append(("auth", "an oauth2: section is given: set auth: oauth2"))
+        elif (self.password is None) == (self.password_file is None):
+            problems.append(("password", "set exactly one of password or password_file"))
+        if self.security is Security.NONE and not (self.allow_insecure or _is_loopback(self.host)):
+            problems.append(("security", _CLEARTEXT))
         return problems
 
-    @model_validator(mode="after")
-    def _consistent(self) -> MailboxConfig:
-        _problems_found("MailboxConfig", self._source_problems())
-        if self.password_file is not None and not self.password_file.is_file():
-            raise ValueError(f"password_file {self.password_file} is not a readable file")
-        insecure_ok = self.allow_insecure or self.host is None or _is_loopback(self.host)
-        if self.security is Security.NONE and not insecure_ok:
-            raise ValueError(
-                "security: none sends the password in clear text; set allow_insecure: true to accept that"
-            )
-        if self.ca_file is not None and not self.ca_file.is_file():
-            raise ValueError(f"ca_file {self.ca_file} is not a readable file")
-        if self.handler == "webhook" and self.webhook is None:
-            raise ValueError("handler: webhook needs a webhook: {url, secret_file} section")
-        if self.webhook is not None and not self.webhook.secret_file.is_file():
-            raise ValueError(f"webhook.secret_file {self.webhook.secret_file} is not a readable file")
-        return self
+
+class GraphMailbox(_Mailbox):
+    """A Microsoft 365 mailbox read through Microsoft Graph: delta queries every ``poll_interval``."""
+
+    kind: Literal[MailboxKind.GRAPH]
+    graph: GraphConfig
+
+
+def _mailbox_kind(value: object) -> str:
+    """The discriminator: ``kind``, imap when absent so configurations from before Graph keep working."""
+    kind = value.get("kind", MailboxKind.IMAP) if isinstance(value, dict) else getattr(value, "kind", None)
+    return str(kind)
+
+
+# One mailbox to watch: which model applies is chosen by `kind`. A new source adds its model here.
+MailboxConfig = Annotated[
+    Annotated[ImapMailbox, Tag(MailboxKind.IMAP.value)]
+    | Annotated[GraphMailbox, Tag(MailboxKind.GRAPH.value)],
+    Discriminator(
+        _mailbox_kind,
+        custom_error_type="mailbox_kind",
+        custom_error_message=f"kind must be one of {', '.join(MailboxKind)}",
+    ),
+]
+MAILBOX_KINDS = frozenset(MailboxKind)
 
 
 class ProviderConfig(_Model):
@@ -372,7 +409,9 @@ class ProviderConfig(_Model):
     signing_key: SecretStr | None = Field(
         default=None, description="webhook signing key (prefer signing_key_file or the env variable)"
     )
-    signing_key_file: Path | None = Field(default=None, description="file holding the webhook signing key")
+    signing_key_file: SecretFile | None = Field(
+        default=None, description="file holding the webhook signing key"
+    )
     webhook_path: str = "/mailgun/webhooks"
     webhook_host: str = "127.0.0.1"
     webhook_port: int = Field(default=8025, ge=0, le=65535)
@@ -384,28 +423,16 @@ class ProviderConfig(_Model):
     max_body_bytes: int = Field(default=256 * 1024, gt=0)
     request_timeout: float = Field(default=10.0, gt=0, description="seconds to receive a request body")
     api_key: SecretStr | None = Field(default=None, description="Mailgun API key: enables stats collection")
-    api_key_file: Path | None = None
+    api_key_file: SecretFile | None = None
     api_base: str = "https://api.mailgun.net"
-
-    @field_validator("api_base")
-    @classmethod
-    def _api_base(cls, value: str) -> str:
-        for _, problem in _http_url_problem("api_base", value):
-            raise ValueError(problem)
-        return value
-
     stats_domains: tuple[str, ...] = ()
     stats_interval: float = Field(default=300.0, gt=0, description="seconds between stats polls")
 
     def read_signing_key(self) -> str | None:
-        if self.signing_key_file is not None:
-            return read_secret_file(self.signing_key_file)
-        return self.signing_key.get_secret_value() if self.signing_key is not None else None
+        return _read_secret(self.signing_key, self.signing_key_file)
 
     def read_api_key(self) -> str | None:
-        if self.api_key_file is not None:
-            return read_secret_file(self.api_key_file)
-        return self.api_key.get_secret_value() if self.api_key is not None else None
+        return _read_secret(self.api_key, self.api_key_file)
 
     @field_validator("webhook_path")
     @classmethod
@@ -414,17 +441,14 @@ class ProviderConfig(_Model):
             raise ValueError("must start with /")
         return value
 
-    @model_validator(mode="after")
-    def _consistent_provider(self) -> ProviderConfig:
-        if self.signing_key is not None and self.signing_key_file is not None:
-            raise ValueError("set at most one of signing_key and signing_key_file")
-        for name in ("signing_key_file", "api_key_file"):
-            path = getattr(self, name)
-            if path is not None and not path.is_file():
-                raise ValueError(f"{name} {path} is not a readable file")
+    def _problems(self) -> list[tuple[str, str]]:
+        problems = _one_of(("signing_key", "signing_key_file"), (self.signing_key, self.signing_key_file))
+        problems += _http_url_problem("api_base", self.api_base)
         if self.replay_ttl <= 2 * self.timestamp_tolerance:
-            raise ValueError("replay_ttl must be longer than twice timestamp_tolerance (the replay window)")
-        return self
+            problems.append(
+                ("replay_ttl", "must be longer than twice timestamp_tolerance (the replay window)")
+            )
+        return problems
 
 
 class SmtpConfig(_Model):
@@ -437,7 +461,7 @@ class SmtpConfig(_Model):
     ca_file: Path | None = None
     username: str | None = None
     password: SecretStr | None = None
-    password_file: Path | None = None
+    password_file: SecretFile | None = None
     from_address: str = Field(description="the envelope and From address of mail mailroom sends")
     timeout: float = Field(default=30.0, gt=0)
     allow_insecure: bool = Field(default=False, description="required for security: none off loopback")
@@ -449,27 +473,22 @@ class SmtpConfig(_Model):
         return 465 if self.security is Security.TLS else 587
 
     def read_password(self) -> str | None:
-        if self.password_file is not None:
-            return read_secret_file(self.password_file)
-        return self.password.get_secret_value() if self.password is not None else None
+        return _read_secret(self.password, self.password_file)
 
-    @model_validator(mode="after")
-    def _consistent_smtp(self) -> SmtpConfig:
-        if self.password is not None and self.password_file is not None:
-            raise ValueError("set at most one of password and password_file")
+    @field_validator("from_address")
+    @classmethod
+    def _from_address(cls, value: str) -> str:
+        if "@" not in value:
+            raise ValueError("must be an email address")
+        return value
+
+    def _problems(self) -> list[tuple[str, str]]:
+        problems = _one_of(("password", "password_file"), (self.password, self.password_file))
         if self.username is not None and self.password is None and self.password_file is None:
-            raise ValueError("username needs password or password_file")
-        if self.password_file is not None and not self.password_file.is_file():
-            raise ValueError(f"password_file {self.password_file} is not a readable file")
-        if self.ca_file is not None and not self.ca_file.is_file():
-            raise ValueError(f"ca_file {self.ca_file} is not a readable file")
-        if "@" not in self.from_address:
-            raise ValueError("from_address must be an email address")
+            problems.append(("username", "needs password or password_file"))
         if self.security is Security.NONE and not self.allow_insecure and not _is_loopback(self.host):
-            raise ValueError(
-                "security: none sends the password in clear text; set allow_insecure: true to accept that"
-            )
-        return self
+            problems.append(("security", _CLEARTEXT))
+        return problems
 
 
 RejectionReason = Literal["no_key", "unknown_key", "sender_not_allowed", "too_large"]
@@ -538,17 +557,15 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _unique_names(self) -> Settings:
+    def _no_problems(self) -> Self:
+        problems: list[tuple[str, str]] = []
         names = [m.name for m in self.mailboxes]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"mailbox names must be unique: {', '.join(duplicates)}")
-        return self
-
-    @model_validator(mode="after")
-    def _rejections_need_smtp(self) -> Settings:
+            problems.append(("", f"mailbox names must be unique: {', '.join(duplicates)}"))
         if self.rejections.enabled and self.smtp is None:
-            raise ValueError("rejections.enabled needs an smtp section to send them")
+            problems.append(("rejections", "enabled needs an smtp section to send them"))
+        _problems_found("Settings", problems)
         return self
 
     @classmethod
@@ -654,9 +671,12 @@ def _overlay(data: Any, path: list[str], raw: str, env_name: str) -> None:
 def _problems(exc: ValidationError, env: EnvSettings | None = None) -> list[str]:
     problems = []
     for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"]) or "config"
-        message = error["msg"].removeprefix("Value error, ")
-        source = env.source_of(error["loc"]) if env is not None and error["loc"] else None
+        loc = error["loc"]
+        if loc[:1] == ("mailboxes",) and len(loc) > 2 and loc[2] in MAILBOX_KINDS:
+            loc = loc[:2] + loc[3:]  # pydantic names the kind a mailbox was read as; the field says enough
+        where = ".".join(str(part) for part in loc) or "config"
+        message = "required" if error["type"] == "missing" else error["msg"].removeprefix("Value error, ")
+        source = env.source_of(loc) if env is not None and loc else None
         problems.append(f"{where}: {message}" + (f" (set by {source})" if source else ""))
     return problems
 

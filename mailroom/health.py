@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import redis
 from redis.exceptions import RedisError
 
-from mailroom.config import MailboxConfig
+from mailroom.config import ImapMailbox, MailboxConfig
 from mailroom.imap.watcher import Backoff, WatcherStatus
 
 MARGIN_SECONDS = 30.0
@@ -60,8 +60,11 @@ def redis_check(connection: redis.Redis) -> Check:
 
 def turn_bound(config: MailboxConfig, done_timeout: float = 5.0) -> float:
     """The longest a healthy watcher loop goes between two turns, plus a margin."""
-    idle = min(config.idle_timeout, config.keepalive_interval or config.idle_timeout) + done_timeout
-    wait = max(idle, config.poll_interval, Backoff().cap)
+    wait = max(config.poll_interval, Backoff().cap)
+    if isinstance(config, ImapMailbox):
+        wait = max(
+            wait, min(config.idle_timeout, config.keepalive_interval or config.idle_timeout) + done_timeout
+        )
     return wait + config.timeout + MARGIN_SECONDS
 
 

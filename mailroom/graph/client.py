@@ -25,7 +25,7 @@ from urllib.parse import quote
 import requests
 import structlog
 
-from mailroom.config import AfterDeliveryAction, MailboxConfig
+from mailroom.config import AfterDeliveryAction, GraphMailbox
 from mailroom.errors import GraphError, TokenError
 from mailroom.oauth2 import TokenSource
 
@@ -65,13 +65,12 @@ class Changes:
 class GraphClient:
     def __init__(
         self,
-        config: MailboxConfig,
+        config: GraphMailbox,
         tokens: TokenSource,
         wait: Callable[[float], bool],
         session: requests.Session | None = None,
     ) -> None:
         """``wait(seconds)`` sleeps unless asked to stop (then returns True): throttling waits use it."""
-        assert config.graph is not None
         self.config = config
         self.graph = config.graph
         self.tokens = tokens

@@ -12,7 +12,7 @@ from typing import Protocol
 import redis
 from redis.exceptions import RedisError
 
-from mailroom.config import MailboxConfig
+from mailroom.config import GraphMailbox
 from mailroom.errors import EnqueueError
 
 DELTA_PREFIX = "mailroom:graph:delta:"
@@ -24,15 +24,14 @@ class DeltaStore(Protocol):
     def clear(self) -> None: ...
 
 
-def delta_key(config: MailboxConfig) -> str:
+def delta_key(config: GraphMailbox) -> str:
     """Per mailbox, and per (user, folder): pointing a mailbox elsewhere starts a fresh sync."""
-    assert config.graph is not None
     where = hashlib.sha256(f"{config.graph.user}\0{config.folder}".encode()).hexdigest()[:16]
     return f"{DELTA_PREFIX}{config.name}:{where}"
 
 
 class RedisDeltaStore:
-    def __init__(self, connection: redis.Redis, config: MailboxConfig) -> None:
+    def __init__(self, connection: redis.Redis, config: GraphMailbox) -> None:
         self.connection = connection
         self.key = delta_key(config)
 

@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 
 from mailroom import metrics
-from mailroom.config import MailboxConfig
+from mailroom.config import GraphMailbox
 from mailroom.errors import EnqueueError, GraphError
 from mailroom.graph.client import DeltaExpired, GraphClient, GraphMessage
 from mailroom.graph.state import DeltaStore
@@ -27,7 +27,7 @@ GraphSink = Callable[[Sequence[GraphMessage]], None]
 class GraphWatcher:
     def __init__(
         self,
-        config: MailboxConfig,
+        config: GraphMailbox,
         sink: GraphSink,
         stop: threading.Event,
         client: GraphClient,

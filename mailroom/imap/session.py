@@ -22,7 +22,7 @@ from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 from imapclient.util import to_bytes
 
-from mailroom.config import AfterDeliveryAction, AuthMethod, MailboxConfig, Security
+from mailroom.config import AfterDeliveryAction, AuthMethod, ImapMailbox, Security
 from mailroom.errors import ImapAuthError, ImapError, TokenError
 from mailroom.imap import wire
 from mailroom.oauth2 import OAUTHBEARER, TokenSource, choose_mechanism, token_source_for
@@ -72,7 +72,7 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:300]
 
 
-def tls_context(config: MailboxConfig) -> ssl.SSLContext:
+def tls_context(config: ImapMailbox) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=str(config.ca_file) if config.ca_file else None)
     if not config.verify:
         context.check_hostname = False
@@ -107,7 +107,7 @@ class ImapSession:
     """A logged-in connection with one folder selected."""
 
     def __init__(
-        self, config: MailboxConfig, client: IMAPClient, state: FolderState, capabilities: frozenset[bytes]
+        self, config: ImapMailbox, client: IMAPClient, state: FolderState, capabilities: frozenset[bytes]
     ) -> None:
         self.config = config
         self._client = client
@@ -118,7 +118,7 @@ class ImapSession:
     @classmethod
     def open(
         cls,
-        config: MailboxConfig,
+        config: ImapMailbox,
         password: Callable[[], str] | None = None,
         tokens: TokenSource | None = None,
     ) -> ImapSession:
@@ -374,7 +374,7 @@ class ImapSession:
             _shutdown_quietly(self._client)
 
 
-def _oauth2_login(client: IMAPClient, config: MailboxConfig, tokens: TokenSource | None) -> None:
+def _oauth2_login(client: IMAPClient, config: ImapMailbox, tokens: TokenSource | None) -> None:
     """SASL XOAUTH2 or OAUTHBEARER; on a refusal, invalidate the token and try one fresh token."""
     assert config.oauth2 is not None and config.username is not None  # by the config validator
     if tokens is None:

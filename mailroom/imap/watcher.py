@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import structlog
 
 from mailroom import metrics
-from mailroom.config import MailboxConfig
+from mailroom.config import ImapMailbox
 from mailroom.errors import EnqueueError, ImapAuthError, ImapError
 from mailroom.imap.session import FetchedMessage, FolderState, ImapSession
 
@@ -82,10 +82,10 @@ class WatchLimits:
 class MailboxWatcher:
     def __init__(
         self,
-        config: MailboxConfig,
+        config: ImapMailbox,
         sink: Sink,
         stop: threading.Event,
-        open_session: Callable[[MailboxConfig], Session] = ImapSession.open,
+        open_session: Callable[[ImapMailbox], Session] = ImapSession.open,
         limits: WatchLimits | None = None,
     ) -> None:
         self.config = config

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from devstack import append_messages
-from mailroom.config import MailboxConfig
+from mailroom.config import ImapMailbox
 from mailroom.imap.session import ImapSession
 from tests.support import mailbox_config
 
@@ -23,7 +23,7 @@ def test_fetch_keeps_to_the_budget_and_truncates_only_what_is_too_big(imap_accou
     sizes = [100, 40_000, 300, 90_000, 25_000, 25_000, 200, 300_000, 10]
     sent = [message(i, size) for i, size in enumerate(sizes)]
     append_messages(imap_account.host, imap_account.port, imap_account.username, imap_account.password, sent)
-    config = MailboxConfig.model_validate(mailbox_config(imap_account))
+    config = ImapMailbox.model_validate(mailbox_config(imap_account))
     session = ImapSession.open(config)
     try:
         uids = session.pending_uids()

@@ -11,13 +11,13 @@ import redis
 from rq import Retry
 from rq.job import Job
 
-from mailroom.config import MailboxConfig, Settings
+from mailroom.config import ImapMailbox, Settings
 from mailroom.queue import JOB_FUNCTION, MailQueue, connect
 from mailroom.schema import JobPayload
 
 pytestmark = pytest.mark.integration
 
-MAILBOX = MailboxConfig(
+MAILBOX = ImapMailbox(
     name="support", host="127.0.0.1", security="none", username="u", password="p", retries=(10, 60)
 )
 PAYLOAD = JobPayload(

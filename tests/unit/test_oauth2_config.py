@@ -68,11 +68,11 @@ def test_graph_mailbox_needs_no_host_username_or_password(tmp_path: Path, secret
     [
         (
             {"name": "a", "auth": "oauth2"},
-            [
-                "mailboxes.0.host: required for an IMAP mailbox",
-                "mailboxes.0.username: required for an IMAP mailbox (with oauth2: the mailbox address)",
-                "mailboxes.0.oauth2: auth: oauth2 needs an oauth2: section (token_file, ...)",
-            ],
+            ["mailboxes.0.host: required", "mailboxes.0.username: required"],
+        ),
+        (
+            {"name": "a", "host": "h", "username": "u", "auth": "oauth2"},
+            ["mailboxes.0.oauth2: auth: oauth2 needs an oauth2: section (token_file, ...)"],
         ),
         (
             {"name": "a", "host": "h", "username": "u", "auth": "oauth2", "oauth2": {}},
@@ -98,8 +98,23 @@ def test_graph_mailbox_needs_no_host_username_or_password(tmp_path: Path, secret
         ),
         (
             {"name": "a", "kind": "graph"},
-            ["mailboxes.0.graph: kind: graph needs a graph: section (tenant, client_id, ...)"],
+            ["mailboxes.0.graph: required"],
         ),
+        (
+            {"name": "a", "kind": "graph", "host": "h", "graph": {}},
+            [
+                "mailboxes.0.graph.tenant: required",
+                "mailboxes.0.graph.client_id: required",
+                "mailboxes.0.graph.client_secret_file: required",
+                "mailboxes.0.graph.user: required",
+                "mailboxes.0.host: Extra inputs are not permitted",
+            ],
+        ),
+        (
+            {"name": "a", "host": "h", "username": "u", "password": "p", "graph": {}},
+            ["mailboxes.0.graph: Extra inputs are not permitted"],
+        ),
+        ({"name": "a", "kind": "pop3"}, ["mailboxes.0: kind must be one of imap, graph"]),
         (
             {"name": "a", "host": "h", "username": "u"},
             ["mailboxes.0.password: set exactly one of password or password_file"],

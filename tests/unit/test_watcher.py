@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from mailroom.config import MailboxConfig
+from mailroom.config import ImapMailbox
 from mailroom.errors import EnqueueError, ImapError
 from mailroom.imap.session import FetchedMessage, FolderState
 from mailroom.imap.watcher import Backoff, MailboxWatcher
 
-CONFIG = MailboxConfig(
+CONFIG = ImapMailbox(
     name="support", host="127.0.0.1", security="none", username="u", password="p", batch_size=2
 )
 
