@@ -31,24 +31,35 @@ $(STAMP): pyproject.toml | $(PYTHON)
 	$(PYTHON) -m pip install -q -e '.[test]'
 	@touch $(STAMP)
 
-# The real servers the demo and the integration tests start privately on free loopback ports.
-# The Debian package may auto-start a system dovecot on 143/993: ours never uses those ports, but a
-# service we did not ask for is stopped (never failing over it).
+# The real servers the demo and the integration tests start privately on free loopback ports, iproute2
+# for the pod-fidelity test (it gives each pod a network namespace with its loopback up), and
+# promtool (Debian's prometheus package) for the alert rules' tests; without recommends, so no node
+# exporter. The packages may auto-start a system dovecot (143/993) or prometheus (9090): ours never use
+# those, but a service we did not ask for is stopped (never failing over it).
 system-packages:
 	@have() { command -v "$$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$$1" ] || [ -x "/usr/bin/$$1" ]; }; \
 	missing=""; \
 	have dovecot || missing="$$missing dovecot-imapd"; \
 	have redis-server || missing="$$missing redis-server"; \
 	$(BOOTSTRAP_PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing$$missing"; \
-	  $(SUDO) apt-get update && \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing || exit 1; \
-	  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet dovecot 2>/dev/null; then \
-	    $(SUDO) systemctl disable --now dovecot || true; \
-	  elif command -v service >/dev/null 2>&1; then \
-	    $(SUDO) service dovecot stop >/dev/null 2>&1 || true; \
+	have ip || missing="$$missing iproute2"; \
+	lean=""; have promtool || lean="prometheus"; \
+	if [ -n "$$missing$$lean" ]; then \
+	  echo "installing$$missing $$lean"; \
+	  $(SUDO) apt-get update || exit 1; \
+	  if [ -n "$$missing" ]; then \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing || exit 1; \
 	  fi; \
+	  if [ -n "$$lean" ]; then \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$lean || exit 1; \
+	  fi; \
+	  for service in dovecot prometheus; do \
+	    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet $$service 2>/dev/null; then \
+	      $(SUDO) systemctl disable --now $$service || true; \
+	    elif command -v service >/dev/null 2>&1; then \
+	      $(SUDO) service $$service stop >/dev/null 2>&1 || true; \
+	    fi; \
+	  done; \
 	fi
 
 fmt: $(STAMP)

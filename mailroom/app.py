@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
+from prometheus_client.registry import Collector
 from rq import Worker
 
 from mailroom import logs, metrics
@@ -20,7 +21,7 @@ from mailroom.imap.watcher import MailboxWatcher, Sink, WatcherStatus, WatchLimi
 from mailroom.keys import AddressTemplate
 from mailroom.lease import Coordinator
 from mailroom.message import parse_message
-from mailroom.metrics import QueueCollector
+from mailroom.metrics import MailboxCollector, QueueCollector
 from mailroom.queue import Enqueued, MailQueue, connect
 from mailroom.rqworker import heartbeat_age
 from mailroom.schema import JobPayload
@@ -245,8 +246,14 @@ def serve_watcher_health(settings: Settings, watchers: Watchers, port: int | Non
         return [Check("leases", age <= bound, f"last round {age:.0f} s ago (bound {bound:.0f} s)")]
 
     probe = WatcherProbe(watched, connection, leases)
-    collector = QueueCollector(connection, settings.queues())
-    return HealthServer(port if port is not None else settings.http_port or 0, probe, [collector]).start()
+    collectors: list[Collector] = [
+        QueueCollector(connection, settings.queues()),
+        MailboxCollector(
+            [m.name for m in settings.mailboxes],
+            lambda: {w.config.name: w.status.connected for w in watchers.current()},
+        ),
+    ]
+    return HealthServer(port if port is not None else settings.http_port or 0, probe, collectors).start()
 
 
 def serve_worker_health(settings: Settings, worker: Worker, port: int | None = None) -> HealthServer:

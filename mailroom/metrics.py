@@ -5,7 +5,7 @@ Names follow Prometheus conventions: ``mailroom_<what>_total`` for counters, ``_
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import redis
 from prometheus_client import Counter, Gauge, Histogram
@@ -98,3 +98,28 @@ class QueueCollector:
         yield up
         yield depth
         yield failed
+
+
+class MailboxCollector:
+    """``mailroom_mailbox_watching{mailbox}`` for every configured mailbox, at scrape time: 1 when this
+    process watches it and is logged in, else 0. With leases only the holder can say 1, so
+    ``max by (mailbox)`` over the replicas is 0 both when nobody holds a mailbox and when its holder
+    cannot log in (the alert "mailbox not watched")."""
+
+    def __init__(self, mailboxes: Sequence[str], connected: Callable[[], Mapping[str, bool]]) -> None:
+        self.mailboxes = list(mailboxes)
+        self.connected = connected
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # unchecked collector, like QueueCollector
+
+    def collect(self) -> Iterator[Metric]:
+        watching = GaugeMetricFamily(
+            "mailroom_mailbox_watching",
+            "1 when this process watches the mailbox and is logged in (with leases: only its holder)",
+            labels=["mailbox"],
+        )
+        connected = self.connected()
+        for name in self.mailboxes:
+            watching.add_metric([name], 1 if connected.get(name) else 0)
+        yield watching

@@ -249,8 +249,8 @@ class Forwarder:
                 sock.close()
 
 
-def http_get(pid: int, port: int, path: str, timeout: float) -> int | None:
-    """What the kubelet's httpGet probe sees: the status code, or None if nothing answered."""
+def http_get(pid: int, port: int, path: str, timeout: float) -> tuple[int, bytes] | None:
+    """What the kubelet's httpGet probe (or Prometheus) sees: status and body, or None if nothing answered."""
 
     class Connection(http.client.HTTPConnection):
         def connect(self) -> None:
@@ -262,7 +262,8 @@ def http_get(pid: int, port: int, path: str, timeout: float) -> int | None:
     connection = Connection("127.0.0.1", port, timeout=timeout)
     try:
         connection.request("GET", path, headers={"User-Agent": "kube-probe/1.30"})
-        return connection.getresponse().status
+        response = connection.getresponse()
+        return response.status, response.read()
     except OSError:
         return None
     finally:
@@ -415,7 +416,13 @@ class Pod:
         return self.log_path.read_text(errors="replace")
 
     def probe(self, port: int, path: str, timeout: float = 5.0) -> int | None:
-        return http_get(self.pid, port, path, timeout)
+        answer = http_get(self.pid, port, path, timeout)
+        return answer[0] if answer is not None else None
+
+    def get(self, port: int, path: str, timeout: float = 5.0) -> bytes:
+        answer = http_get(self.pid, port, path, timeout)
+        assert answer is not None and answer[0] == 200, f"GET {path}: {answer}"
+        return answer[1]
 
     def stop(self, grace: float) -> int | None:
         """SIGTERM, then wait up to ``grace`` seconds (terminationGracePeriodSeconds); None if it had

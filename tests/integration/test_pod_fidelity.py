@@ -219,6 +219,10 @@ def test_deployment_starts_gets_ready_and_stops_on_sigterm(name, servers, tmp_pa
             while client.llen(f"rq:queue:{mailbox['queue']}") < 1:
                 assert time.monotonic() < deadline, f"no job queued:\n{running.log()}"
                 time.sleep(0.2)
+            # what Prometheus scrapes from the same port: the alerts' mailbox and queue metrics
+            metrics = running.get(_container_port(container, "http"), "/metrics").decode()
+            assert f'mailroom_mailbox_watching{{mailbox="{mailbox["name"]}"}} 1.0' in metrics
+            assert "mailroom_redis_up 1.0" in metrics
         grace = float(container["_grace"])
         started = time.monotonic()
         code = running.stop(grace)
