@@ -146,10 +146,26 @@ def _one_of(names: tuple[str, str], values: tuple[object, object]) -> list[tuple
 
 
 class WebhookConfig(_Model):
-    """The ``webhook`` handler: POST the raw message to the application, GitLab mail_room style."""
+    """The ``webhook`` handler: POST the raw message to the application, as mail_room's ``postback`` does.
+
+    GitLab's defaults: a JWT (HS256, issuer ``gitlab-mailroom``) in ``Gitlab-Mailroom-Api-Request`` signed
+    with the Base64 key in ``secret_file``, body ``text/plain``. The other authentications of mail_room's
+    postback can replace or join the JWT: HTTP basic auth (``username`` + ``password_file``, e.g. Rails
+    Action Mailbox's relay ingress) or a token (``token_file``, sent as ``Authorization: Bearer TOKEN``).
+    """
 
     url: str
-    secret_file: SecretFile = Field(description="file holding the Base64 HS256 signing secret")
+    secret_file: SecretFile | None = Field(
+        default=None, description="file holding the Base64 JWT signing key; unset: no JWT header"
+    )
+    jwt_header: str = Field(default="Gitlab-Mailroom-Api-Request", min_length=1)
+    jwt_issuer: str = Field(default="gitlab-mailroom", min_length=1)
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
+    content_type: str = Field(default="text/plain", min_length=1)
+    username: str | None = Field(default=None, description="HTTP basic auth user (needs password_file)")
+    password_file: SecretFile | None = Field(default=None, description="HTTP basic auth password, in a file")
+    token_file: SecretFile | None = Field(default=None, description="sent as Authorization: SCHEME TOKEN")
+    token_scheme: str = Field(default="Bearer", pattern=r"^[A-Za-z][A-Za-z0-9._~+/-]*$")
     timeout: float = Field(default=30.0, gt=0)
 
     @field_validator("url")
@@ -158,6 +174,16 @@ class WebhookConfig(_Model):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value
+
+    def _problems(self) -> list[tuple[str, str]]:
+        problems: list[tuple[str, str]] = []
+        if (self.username is None) != (self.password_file is None):
+            problems.append(("username", "basic auth needs both username and password_file"))
+        if self.token_file is not None and self.password_file is not None:
+            problems.append(("token_file", "both travel in Authorization: give token_file or basic auth"))
+        if self.secret_file is None and self.password_file is None and self.token_file is None:
+            problems.append(("", "needs secret_file (a JWT), username/password_file or token_file"))
+        return problems
 
 
 class MailboxKind(StrEnum):

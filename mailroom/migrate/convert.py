@@ -27,6 +27,7 @@ GITLAB_WORKERS = {
     "ServiceDeskEmailReceiverWorker": "service_desk_email",
 }
 GITLAB_API_PATH = "/api/v4/internal/mail_room/"
+ACTION_MAILBOX_PATH = "/rails/action_mailbox/relay/inbound_emails"
 
 # mail_room's defaults (lib/mail_room/mailbox.rb), for options a file leaves out.
 _DEFAULTS: dict[str, Any] = {
@@ -247,8 +248,8 @@ class Converter:
             if key in box:
                 self.report.note(where, key, Severity.DROPPED, "not used with microsoft_graph")
         graph: dict[str, Any] = {
-            "tenant": self.plain(options.get("tenant_id"), where, "inbox_options.tenant_id"),
-            "client_id": self.plain(options.get("client_id"), where, "inbox_options.client_id"),
+            "tenant": _text(self.plain(options.get("tenant_id"), where, "inbox_options.tenant_id")),
+            "client_id": _text(self.plain(options.get("client_id"), where, "inbox_options.client_id")),
             "client_secret_file": self.secret(
                 options.get("client_secret"), where, "inbox_options.client_secret", f"{where}-client-secret"
             ),
@@ -307,14 +308,6 @@ class Converter:
         if not delete:
             if expunge:
                 self.report.note(where, "expunge_deleted", Severity.DROPPED, "nothing is deleted")
-            if not graph:
-                self.report.note(
-                    where,
-                    "delete_after_delivery",
-                    Severity.CHANGED,
-                    "off: messages are marked \\Seen (after_delivery: seen), only once their job is in "
-                    "Redis (mail_room's FETCH marked them on download)",
-                )
             return
         out["after_delivery"] = "delete"
         if graph:
@@ -393,64 +386,79 @@ class Converter:
         webhook: dict[str, Any] = {"url": self._http_url(str(url), where, "delivery_options.delivery_url")}
         out["handler"] = "webhook"
         out["webhook"] = webhook
-        header = options.pop("jwt_auth_header", None)
-        secret_path = options.pop("jwt_secret_path", None)
-        issuer = options.pop("jwt_issuer", None) or MAIL_ROOM_JWT_ISSUER
-        algorithm = options.pop("jwt_algorithm", None) or JWT_ALGORITHM
-        if header is not None and secret_path is not None:
-            webhook["secret_file"] = str(self.plain(secret_path, where, "delivery_options.jwt_secret_path"))
-            self._jwt(webhook, str(header), str(issuer), str(algorithm), where)
-        else:
+        self._jwt(options, webhook, where)
+        token = options.pop("delivery_token", None) or options.pop("token", None)
+        username = options.pop("username", None) or options.pop("delivery_username", None)
+        password = options.pop("password", None) or options.pop("delivery_password", None)
+        if token is not None:
+            # Faraday's token auth: "Authorization: Token TOKEN" (mail_room prefers it to basic auth).
+            webhook["token_file"] = self.secret(
+                token, where, "delivery_options.delivery_token", f"{where}-token"
+            )
+            webhook["token_scheme"] = "Token"  # noqa: S105 - a scheme name, not a secret
+            if username is not None:
+                self.report.note(
+                    where, "delivery_options.username", Severity.DROPPED, "mail_room used the token instead"
+                )
+        elif username is not None and password is not None:
+            webhook["username"] = self.plain(username, where, "delivery_options.username")
+            webhook["password_file"] = self.secret(
+                password, where, "delivery_options.password", f"{where}-webhook-password"
+            )
+        if not {"secret_file", "token_file", "password_file"} & set(webhook):
             self.report.problem(
                 where,
                 "delivery_options",
-                "mailroom's webhook always signs its requests (a JWT); give jwt_auth_header and "
-                "jwt_secret_path",
+                "the postback sends no authentication: mailroom's webhook always authenticates its requests "
+                "(jwt_auth_header + jwt_secret_path, delivery_token, or username + password)",
             )
         content_type = options.pop("content_type", None)
-        if content_type is not None and str(content_type) != "text/plain":
+        if content_type is not None:
+            if str(content_type) != "text/plain":
+                webhook["content_type"] = str(content_type)
+        elif str(url).rstrip("/").endswith(ACTION_MAILBOX_PATH):
+            webhook["content_type"] = "message/rfc822"
             self.report.note(
                 where,
                 "delivery_options.content_type",
-                Severity.DROPPED,
-                f"{content_type!r}: sent as text/plain",
+                Severity.CHANGED,
+                "not given (Faraday sent application/x-www-form-urlencoded, which Action Mailbox's relay "
+                "ingress refuses with 415): message/rfc822",
             )
-        elif content_type is None:
+        else:
             self.report.note(
                 where,
                 "delivery_options.content_type",
                 Severity.CHANGED,
                 "not given (Faraday sent application/x-www-form-urlencoded): mailroom sends text/plain",
             )
-        for key in (
-            "delivery_token",
-            "token",
-            "username",
-            "delivery_username",
-            "password",
-            "delivery_password",
-        ):
-            if options.pop(key, None) is not None:
-                self.report.problem(
-                    where,
-                    f"delivery_options.{key}",
-                    "this mailroom version has no token/basic auth for webhooks",
-                )
         for key in sorted(options):
             self.report.note(where, f"delivery_options.{key}", Severity.DROPPED, "not a postback option")
 
-    def _jwt(self, webhook: dict[str, Any], header: str, issuer: str, algorithm: str, where: str) -> None:
-        for option, value, gitlab in (
-            ("jwt_auth_header", header, GITLAB_JWT_HEADER),
-            ("jwt_issuer", issuer, GITLAB_JWT_ISSUER),
-            ("jwt_algorithm", algorithm, JWT_ALGORITHM),
-        ):
-            if value != gitlab:
-                self.report.problem(
-                    where,
-                    f"delivery_options.{option}",
-                    f"{value!r}: this mailroom version signs with GitLab's {gitlab!r} only",
-                )
+    def _jwt(self, options: dict[str, Any], webhook: dict[str, Any], where: str) -> None:
+        """mail_room signs only when both the header and the secret path are given."""
+        header = options.pop("jwt_auth_header", None)
+        secret_path = options.pop("jwt_secret_path", None)
+        issuer = options.pop("jwt_issuer", None) or MAIL_ROOM_JWT_ISSUER
+        algorithm = str(options.pop("jwt_algorithm", None) or JWT_ALGORITHM)
+        if header is None or secret_path is None:
+            if header is not None or secret_path is not None:
+                self.report.note(
+                    where, "delivery_options.jwt_*", Severity.DROPPED, "mail_room signs only with both "
+                    "jwt_auth_header and jwt_secret_path: no JWT, as before",
+                )  # fmt: skip
+            return
+        webhook["secret_file"] = str(self.plain(secret_path, where, "delivery_options.jwt_secret_path"))
+        if str(header) != GITLAB_JWT_HEADER:
+            webhook["jwt_header"] = str(header)
+        if str(issuer) != GITLAB_JWT_ISSUER:
+            webhook["jwt_issuer"] = str(issuer)
+        if algorithm not in ("HS256", "HS384", "HS512"):
+            self.report.problem(
+                where, "delivery_options.jwt_algorithm", f"{algorithm!r}: mailroom signs with HS256/384/512"
+            )
+        elif algorithm != JWT_ALGORITHM:
+            webhook["jwt_algorithm"] = algorithm
 
     def _sidekiq(self, options: dict[str, Any], out: dict[str, Any], where: str) -> None:
         worker = str(options.get("worker") or "")
@@ -560,6 +568,11 @@ def _scalar(value: str) -> Any:
     if value.lower() in ("true", "false"):
         return value.lower() == "true"
     return value
+
+
+def _text(value: Any) -> str | None:
+    """Ids YAML may have read as numbers (``tenant_id: 12345``) are text to mailroom."""
+    return None if value is None else str(value)
 
 
 def _loopback(host: str) -> bool:

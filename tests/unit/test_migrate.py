@@ -117,13 +117,53 @@ def test_erb_code_is_refused_with_its_line() -> None:
     assert any(p.startswith("line 3: ERB expression") for p in refused.value.problems)
 
 
-def test_readme_examples_that_have_no_counterpart_are_refused_by_name() -> None:
+def test_readme_examples_carry_their_postback_options() -> None:
+    result = _import("readme.yml", gitlab_url="http://127.0.0.1:8080", secrets_dir="/s")
+    boxes = {box["name"]: box for box in result.config["mailboxes"]}
+    assert boxes["alice"]["webhook"] == {
+        "url": "http://localhost:3000/inbox",
+        "token_file": "/s/alice-token",
+        "token_scheme": "Token",  # what Faraday's token auth sends
+    }
+    assert boxes["carol"]["handler"] == "log"
+    assert boxes["erin"]["webhook"]["url"] == "http://127.0.0.1:8080/api/v4/internal/mail_room/incoming_email"
+    assert boxes["frank"]["handler"] == "webhook"
+    assert boxes["grace"]["kind"] == "graph" and boxes["grace"]["graph"]["tenant"] == "12345"
+    assert boxes["heidi"]["webhook"] == {
+        "url": "http://localhost:3000/inbox",
+        "secret_file": "/etc/secrets/mailroom/.mailroom_secret",
+        "jwt_header": "Mailroom-Api-Request",
+        "jwt_issuer": "mailroom",
+    }
+    assert boxes["ivan"]["webhook"] == {
+        "url": "https://example.com/rails/action_mailbox/relay/inbound_emails",
+        "username": "actionmailbox",
+        "password_file": "/s/ivan-webhook-password",
+        "content_type": "message/rfc822",  # Faraday's form encoding would get 415 from Rails
+    }
+    text = render(result)
+    for secret in ("alice-token", "ingress-password", "redis-password", "grace-client-secret"):
+        assert f": {secret}" not in text and f":{secret}@" not in text
+    notes = _notes(result)
+    assert any("alice: search_command: 'NEW'" in n for n in notes)
+    assert any("frank: delivery_options.redis_url: has a password" in n for n in notes)
+
+
+def test_readme_letter_opener_is_refused_by_name() -> None:
     with pytest.raises(ImportRefused) as refused:
-        _import("readme.yml", gitlab_url="http://127.0.0.1:8080")
-    problems = "\n".join(refused.value.problems)
-    assert "dave: delivery_method: 'letter_opener' has no mailroom counterpart" in problems
-    assert "carol" not in problems  # logger -> handler log
-    assert "erin" not in problems and "grace" not in problems  # sidekiq EmailReceiverWorker -> GitLab API
+        _import("readme_letter_opener.yml")
+    assert refused.value.problems == [
+        "dave: delivery_method: 'letter_opener' has no mailroom counterpart: write a handler "
+        "(docs/handlers.md) and set handler"
+    ]
+
+
+def test_a_postback_without_authentication_is_refused() -> None:
+    text = ":mailboxes:\n  - :email: a@example.com\n    :password: p\n    :name: inbox\n"
+    text += "    :delivery_options:\n      :delivery_url: https://app.example.com/mail\n"
+    with pytest.raises(ImportRefused) as refused:
+        import_text(text, Options())
+    assert "always authenticates" in refused.value.problems[0]
 
 
 def test_unknown_input_is_refused() -> None:
@@ -157,6 +197,7 @@ def _with_files(value: Any, root: Path) -> Any:
         ("gitlab.yml", []),
         ("helm-values.yml", ["--gitlab-url", GITLAB_URL]),
         ("erb_env.yml", ["--env"]),
+        ("readme.yml", ["--gitlab-url", "http://127.0.0.1:8080"]),
     ],
 )
 def test_each_converted_config_passes_check_config(name: str, args: list[str], tmp_path: Path) -> None:

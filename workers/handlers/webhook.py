@@ -2,7 +2,9 @@
 
 The body is the message bytes (``text/plain``); the request carries a JWT in the
 ``Gitlab-Mailroom-Api-Request`` header: HS256, issuer ``gitlab-mailroom``, ``iat`` now, signed with the
-secret whose Base64 text is in ``webhook.secret_file``. A 2xx answer is success; 408, 425, 429, 5xx and
+secret whose Base64 text is in ``webhook.secret_file``. Those are GitLab's defaults: the header, issuer,
+algorithm and content type can be changed, and HTTP basic auth or a token added, as mail_room's postback
+allows (``WebhookConfig``). A 2xx answer is success; 408, 425, 429, 5xx and
 network errors (timeouts included) are transient (retried); any other answer is permanent, and so is a
 redirect, which is never followed.
 
@@ -35,6 +37,7 @@ KEEPALIVE_CONNECTIONS = 64
 
 
 def signing_secret(config: WebhookConfig) -> bytes:
+    assert config.secret_file is not None  # only asked for when a JWT is configured
     text = read_secret_file(config.secret_file).strip()
     try:
         return base64.b64decode(text, validate=True)
@@ -42,9 +45,22 @@ def signing_secret(config: WebhookConfig) -> bytes:
         raise PermanentHandlerError(f"webhook.secret_file {config.secret_file} is not Base64") from exc
 
 
-def make_token(secret: bytes, now: float | None = None) -> str:
-    claims = {"iss": JWT_ISSUER, "iat": int(now if now is not None else time.time())}
-    return jwt.encode(claims, secret, algorithm=JWT_ALGORITHM)
+def make_token(
+    secret: bytes, now: float | None = None, issuer: str = JWT_ISSUER, algorithm: str = JWT_ALGORITHM
+) -> str:
+    claims = {"iss": issuer, "iat": int(now if now is not None else time.time())}
+    return jwt.encode(claims, secret, algorithm=algorithm)
+
+
+def auth_headers(config: WebhookConfig) -> dict[str, str]:
+    """``Authorization`` for basic auth or a token, as mail_room's postback sends them (read from their
+    files at each request, so a rotated secret takes effect at once); empty when neither is set."""
+    if config.token_file is not None:
+        return {"Authorization": f"{config.token_scheme} {read_secret_file(config.token_file).strip()}"}
+    if config.username is not None and config.password_file is not None:
+        pair = f"{config.username}:{read_secret_file(config.password_file)}".encode()
+        return {"Authorization": "Basic " + base64.b64encode(pair).decode("ascii")}
+    return {}
 
 
 def make_client(config: WebhookConfig) -> httpx.Client:
@@ -74,7 +90,9 @@ class _TokenCache:
         second = int(time.time())
         with self._lock:
             if second != self._second:
-                self._token = make_token(signing_secret(config), second)
+                self._token = make_token(
+                    signing_secret(config), second, config.jwt_issuer, config.jwt_algorithm
+                )
                 self._second = second
             return self._token
 
@@ -89,8 +107,12 @@ class WebhookHandler:
         object.__setattr__(self, "client", make_client(self.config))
 
     def headers(self) -> dict[str, str]:
-        """The request's headers (the delivery options of mail_room's postback build on this)."""
-        return {"Content-Type": "text/plain", JWT_HEADER: self._tokens.token(self.config)}
+        """The request's headers, from the delivery options of mail_room's postback: content type, the
+        JWT (GitLab's header and claims unless configured otherwise), basic auth or a token."""
+        headers = {"Content-Type": self.config.content_type, **auth_headers(self.config)}
+        if self.config.secret_file is not None:
+            headers[self.config.jwt_header] = self._tokens.token(self.config)
+        return headers
 
     def __call__(self, email: IncomingEmail) -> int:
         url = self.config.url
