@@ -19,5 +19,8 @@ RUN pip install . \
 
 # Never root: the service needs no privileges, and mounted secrets only need to be readable by uid 10001.
 USER mailroom
+# Docker and Compose: /healthz on the config's http_port (Kubernetes uses the manifests' probes instead).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-m", "mailroom.healthcheck"]
 ENTRYPOINT ["mailroom"]
 CMD ["watch"]

@@ -67,6 +67,7 @@ class Image:
     cmd: tuple[str, ...]
     env: dict[str, str]
     user: str | None
+    healthcheck: tuple[str, ...] = ()  # HEALTHCHECK's CMD (exec form)
 
 
 def dockerfile_image(path: Path = DOCKERFILE) -> Image:
@@ -76,6 +77,7 @@ def dockerfile_image(path: Path = DOCKERFILE) -> Image:
     cmd: tuple[str, ...] = ()
     env: dict[str, str] = {}
     user = None
+    healthcheck: tuple[str, ...] = ()
     for line in text.splitlines():
         instruction, _, rest = line.strip().partition(" ")
         if instruction == "ENTRYPOINT":
@@ -88,7 +90,9 @@ def dockerfile_image(path: Path = DOCKERFILE) -> Image:
                 env[name] = value
         elif instruction == "USER":
             user = rest.strip()
-    return Image(entrypoint, cmd, env, user)
+        elif instruction == "HEALTHCHECK" and " CMD " in f" {rest}":
+            healthcheck = tuple(yaml.safe_load(f" {rest}".split(" CMD ", 1)[1]))
+    return Image(entrypoint, cmd, env, user, healthcheck)
 
 
 def _env_name(name: str) -> str:
@@ -382,6 +386,16 @@ def _script(spec: PodSpec, work: Path) -> str:
         "awk '{print $5}' /proc/self/mountinfo | while read -r mp; do "
         f'case "$mp" in {keep}) ;; *) mount -o remount,bind,ro "$mp" 2>/dev/null || true ;; esac; done'
     )
+    lines += [
+        "echo ready",
+        "read -r go",
+        f"cd / && exec {shlex.join(as_container_user(spec, spec.argv))} </dev/null >&2",
+    ]
+    return "\n".join(lines)
+
+
+def as_container_user(spec: PodSpec, argv: Sequence[str]) -> list[str]:
+    """``argv`` as the container's user, groups and environment, without privileges."""
     groups = ",".join(str(g) for g in spec.groups) if spec.groups else None
     privileges = [
         "setpriv",
@@ -393,13 +407,7 @@ def _script(spec: PodSpec, work: Path) -> str:
         "--bounding-set=-all",
         "--",
     ]
-    env = ["env", "-i", *(f"{k}={v}" for k, v in spec.env.items())]
-    lines += [
-        "echo ready",
-        "read -r go",
-        f"cd / && exec {shlex.join([*privileges, *env, *spec.argv])} </dev/null >&2",
-    ]
-    return "\n".join(lines)
+    return [*privileges, "env", "-i", *(f"{k}={v}" for k, v in spec.env.items()), *argv]
 
 
 @dataclass
@@ -407,6 +415,24 @@ class Pod:
     process: subprocess.Popen[bytes]
     log_path: Path
     forwarders: list[Forwarder]
+    spec: PodSpec
+
+    def exec(self, argv: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """``argv`` inside the running container (its namespaces, user, environment): docker exec."""
+        return subprocess.run(
+            [
+                "nsenter",
+                f"--target={self.pid}",
+                "--net",
+                "--mount",
+                "--wd=/",
+                *as_container_user(self.spec, argv),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
     @property
     def pid(self) -> int:
@@ -456,7 +482,7 @@ def running(spec: PodSpec, work: Path, forward: Mapping[int, tuple[str, int]]) -
             stderr=log,
             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
         )
-    pod = Pod(process, log_path, [])
+    pod = Pod(process, log_path, [], spec)
     try:
         assert process.stdout is not None
         line = process.stdout.readline()

@@ -94,6 +94,7 @@ MailroomGroup.group_class = MailroomGroup
 
 
 @click.group(cls=MailroomGroup, root=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mailroom", prog_name="mailroom", message="%(prog)s %(version)s")
 def cli() -> None:
     """mailroom turns incoming email into application work.
 

@@ -62,6 +62,10 @@ def test_services(compose: dict[str, Any]) -> None:
     assert {"greenmail", "redis", "watcher", "worker"} <= services.keys()
     assert services["greenmail"]["image"].startswith("greenmail/standalone")
     assert services["redis"]["image"].startswith("redis:7")
+    # docs/reliability.md: a Redis that evicts keys or forgets acknowledged jobs loses mail
+    redis_args = " ".join(services["redis"]["command"])
+    assert "--maxmemory-policy noeviction" in redis_args
+    assert "--appendonly yes" in redis_args and "--appendfsync everysec" in redis_args
     assert any("3143" in str(port) for port in services["greenmail"]["ports"])
     opts = services["greenmail"]["environment"]["GREENMAIL_OPTS"]
     assert "-Dgreenmail.users=incoming:secret@example.com" in opts
@@ -90,3 +94,4 @@ def test_dockerfile() -> None:
     assert "USER mailroom" in text
     assert 'ENTRYPOINT ["mailroom"]' in text
     assert 'CMD ["watch"]' in text
+    assert 'CMD ["python", "-m", "mailroom.healthcheck"]' in text  # HEALTHCHECK
