@@ -1,7 +1,8 @@
 """``mailroom check``: is it working? One line per fact, each ok, failed, or a warning.
 
-For every IMAP mailbox: TCP, TLS (certificate verified), login, folder selectable, IDLE offered, messages
-waiting undone. For every Microsoft Graph mailbox: the client-credentials token granted, the folder
+For every IMAP mailbox: TCP, TLS (certificate verified), login, folder selectable, the after_delivery
+folder present (move:<folder>; mailroom does not create it), IDLE offered, messages waiting undone.
+For every Microsoft Graph mailbox: the client-credentials token granted, the folder
 reachable, messages waiting undone. Then Redis reachable, at least one worker on each queue, the failed
 registries' size.
 Warnings (no IDLE: mailroom polls; failed jobs waiting) do not make the check fail.
@@ -22,7 +23,7 @@ from rq import Queue, Worker
 from rq.serializers import JSONSerializer
 
 from mailroom.config import GraphMailbox, ImapMailbox, OAuth2Config, Security, Settings
-from mailroom.errors import GraphError, ImapAuthError, ImapError, TokenError
+from mailroom.errors import GraphError, ImapAuthError, ImapError, ImapFolderError, TokenError
 from mailroom.imap.session import ImapSession
 
 
@@ -80,6 +81,12 @@ def check_mailbox(config: ImapMailbox) -> Iterator[Result]:
         yield tls_ok
         yield _fail(f"{prefix} login", f"{config.username}: {exc}")
         return
+    except ImapFolderError as exc:
+        yield tls_ok
+        yield _ok(f"{prefix} login", config.username or "-")
+        yield _ok(f"{prefix} folder", f"{config.folder} selected")
+        yield _fail(f"{prefix} after_delivery", str(exc))
+        return
     except ImapError as exc:
         message = str(exc)
         if message.startswith(("connect to", "STARTTLS")):
@@ -97,6 +104,9 @@ def check_mailbox(config: ImapMailbox) -> Iterator[Result]:
             f"{prefix} folder",
             f"{config.folder} selected (UIDVALIDITY {state.uidvalidity}, {state.exists} messages)",
         )
+        _, target = config.after_delivery_action
+        if target is not None:
+            yield _ok(f"{prefix} after_delivery", f"folder {target} exists")
         if session.has_idle:
             yield _ok(f"{prefix} idle", "IDLE offered")
         else:

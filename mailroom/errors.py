@@ -3,7 +3,8 @@
     MailroomError
     ├── ConfigError        bad configuration: the CLI prints each problem and exits 2
     ├── ImapError          the IMAP server or the connection to it failed (the watcher reconnects)
-    │   └── ImapAuthError  the server refused our credentials (retried with a capped backoff)
+    │   ├── ImapAuthError  the server refused our credentials (retried with a capped backoff)
+    │   └── ImapFolderError a folder the configuration names does not exist (after_delivery: move:X)
     ├── EnqueueError       Redis did not acknowledge a job (the batch stays unmarked and is retried)
     ├── TokenError         no OAuth2 access token (endpoint refused the client or grant, or unreachable)
     └── GraphError         Microsoft Graph failed (the Graph watcher backs off and polls again)
@@ -33,6 +34,10 @@ class ImapError(MailroomError):
 
 class ImapAuthError(ImapError):
     """The IMAP server refused the login."""
+
+
+class ImapFolderError(ImapError):
+    """A folder the configuration names (``after_delivery: move:<folder>``) does not exist on the server."""
 
 
 class EnqueueError(MailroomError):

@@ -4,6 +4,9 @@
 ttl/3 with a compare-and-expire script and deletes it (compare-and-delete) on a clean stop; a replica that
 dies or is cut off from Redis stops renewing, and another takes the mailbox over within the TTL.
 A replica that cannot renew a lease stops watching that mailbox before the lease can have expired.
+A lease is released only once its watcher thread has exited: a watcher still finishing a batch when it
+is told to stop keeps the lease renewed (``stopping``) until it is gone, so a handover never leaves two
+replicas watching one mailbox; one that has not exited by shutdown leaves its lease to expire.
 
 Spreading: each replica announces itself in ``mailroom:replicas`` (a sorted set scored by expiry) and holds
 at most ceil(mailboxes / replicas alive) leases, so N replicas share the mailboxes instead of the first
@@ -98,6 +101,8 @@ class Coordinator:
     stop: threading.Event
     token: str = field(default_factory=lambda: secrets.token_hex(8))
     held: dict[str, _Held] = field(default_factory=dict)
+    # Told to stop, thread not yet exited: the lease stays ours (renewed) until it has.
+    stopping: dict[str, _Held] = field(default_factory=dict)
     last_turn: float = field(default_factory=time.monotonic)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -129,6 +134,7 @@ class Coordinator:
             log.warning("lease_redis_error", error=str(exc))
             alive = None
         self._renew_all()
+        self._reap()
         if alive is None:
             return
         share = math.ceil(len(self.mailboxes) / max(1, alive))
@@ -139,7 +145,7 @@ class Coordinator:
             log.info("lease_handed_over", mailbox=name, held=len(self.held), share=share)
             self._end(name, release=True)
             return
-        free = [m for m in self.mailboxes if m not in self.held]
+        free = [m for m in self.mailboxes if m not in self.held and m not in self.stopping]
         random.shuffle(free)  # replicas starting together do not all race for the same one first
         for name in free:
             if len(self.held) >= share or self.stop.is_set():
@@ -181,22 +187,53 @@ class Coordinator:
         log.info("lease_acquired", mailbox=name)
 
     def _end(self, name: str, release: bool) -> None:
+        """Stop the mailbox's watcher. With ``release``, the lease is released once the thread has
+        exited: now if it does within a short wait, else in a later round (renewed meanwhile)."""
         with self._lock:
             held = self.held.pop(name)
         held.stop.set()
-        held.thread.join(max(1.0, self.interval))
+        held.thread.join(min(1.0, self.interval))
         if release:
+            self.stopping[name] = held
+            self._reap()
+        metrics.MAILBOXES_WATCHED.set(len(self.held))
+
+    def _reap(self) -> None:
+        """Release the leases of watchers that have exited; renew those of watchers still stopping."""
+        self._release_exited()
+        for name, held in list(self.stopping.items()):
+            try:
+                if not held.lease.renew():
+                    log.warning("lease_lost_while_stopping", mailbox=name)
+                    del self.stopping[name]
+            except RedisError:
+                pass  # unknown: retried next round; if Redis stays away the lease expires meanwhile
+
+    def _release_exited(self) -> None:
+        for name, held in list(self.stopping.items()):
+            if held.thread.is_alive():
+                continue
+            del self.stopping[name]
             try:
                 held.lease.release()
             except RedisError:
                 pass  # it expires by itself within the TTL
-        metrics.MAILBOXES_WATCHED.set(len(self.held))
 
     def shutdown(self) -> None:
         for held in list(self.held.values()):
             held.stop.set()
         for name in list(self.held):
             self._end(name, release=True)
+        # Until every watcher has exited, its lease stays ours: if the process is killed meanwhile, the
+        # renewals stop with it and the lease expires after the watcher has gone.
+        renewed = time.monotonic()
+        while self.stopping:
+            time.sleep(0.05)
+            if time.monotonic() - renewed >= self.interval:
+                self._reap()
+                renewed = time.monotonic()
+            else:
+                self._release_exited()
         try:
             self.connection.zrem(REPLICAS_KEY, self.token)
         except RedisError:

@@ -23,7 +23,7 @@ from imapclient.exceptions import LoginError
 from imapclient.util import to_bytes
 
 from mailroom.config import AfterDeliveryAction, AuthMethod, ImapMailbox, Security
-from mailroom.errors import ImapAuthError, ImapError, TokenError
+from mailroom.errors import ImapAuthError, ImapError, ImapFolderError, TokenError
 from mailroom.imap import wire
 from mailroom.oauth2 import OAUTHBEARER, TokenSource, choose_mechanism, token_source_for
 
@@ -107,13 +107,20 @@ class ImapSession:
     """A logged-in connection with one folder selected."""
 
     def __init__(
-        self, config: ImapMailbox, client: IMAPClient, state: FolderState, capabilities: frozenset[bytes]
+        self,
+        config: ImapMailbox,
+        client: IMAPClient,
+        state: FolderState,
+        capabilities: frozenset[bytes],
+        keywords_allowed: bool = True,
     ) -> None:
         self.config = config
         self._client = client
         self._pipeline = wire.Pipeline(client._imap)  # this session's own commands (FETCH, STORE \\Seen)
         self.state = state
         self.capabilities = capabilities
+        # False when the folder's PERMANENTFLAGS lack \\* (and our keyword): $MailroomParked cannot be kept.
+        self.keywords_allowed = keywords_allowed
 
     @classmethod
     def open(
@@ -140,7 +147,7 @@ class ImapSession:
         client.normalise_times = False
         try:
             with _translated("socket options"):
-                _enable_tcp_keepalive(client.socket())
+                _tune_socket(client.socket())
             if config.security is Security.STARTTLS:
                 with _translated("STARTTLS"):
                     client.starttls(tls_context(config))
@@ -152,12 +159,24 @@ class ImapSession:
             with _translated(f"select {config.folder}"):
                 selected = client.select_folder(config.folder)
                 capabilities = frozenset(client.capabilities())
+            _, target = config.after_delivery_action
+            if target is not None:
+                with _translated(f"LIST {target}"):
+                    exists = client.folder_exists(target)
+                if not exists:
+                    raise ImapFolderError(
+                        f"after_delivery folder {target!r} does not exist on {config.host}: create it "
+                        "(mailroom does not, so a typo cannot send mail somewhere nobody looks)"
+                    )
             state = FolderState(
                 uidvalidity=int(selected[b"UIDVALIDITY"]),
                 uidnext=int(selected[b"UIDNEXT"]) if b"UIDNEXT" in selected else None,
                 exists=int(selected[b"EXISTS"]),
             )
-            return cls(config, client, state, capabilities)
+            # RFC 3501 7.1: no PERMANENTFLAGS means every flag can be kept.
+            permanent = {to_bytes(f).lower() for f in selected.get(b"PERMANENTFLAGS", (b"\\*",))}
+            keywords = b"\\*" in permanent or PARKED.lower().encode() in permanent
+            return cls(config, client, state, capabilities, keywords_allowed=keywords)
         except BaseException:
             _shutdown_quietly(client)
             raise
@@ -230,7 +249,7 @@ class ImapSession:
         chunk_bytes = 0
         for uid, size in sorted(left.items()):
             if size > max_size:
-                yield [self._fetch_header(uid, size)]
+                yield [self._fetch_header(uid, size, min(max_size, max_batch_bytes))]
                 continue
             if chunk_uids and chunk_bytes + size > max_batch_bytes:
                 yield self._fetch_now(chunk_uids)
@@ -258,23 +277,31 @@ class ImapSession:
         )
         return _Fetched(messages, {uid: size for uid, size in result.left.items() if uid in wanted})
 
-    def _fetch_header(self, uid: int, size: int) -> FetchedMessage:
+    def _fetch_header(self, uid: int, size: int, limit: int) -> FetchedMessage:
+        """The header of a message too large to queue, at most ``limit`` bytes of it: a message without
+        the blank line that ends a header is all header to the server (RFC 3501 6.4.5)."""
         with _translated("UID FETCH BODY.PEEK[HEADER]"):
             self._pipeline.drain()
-            data = self._client.fetch([uid], ["BODY.PEEK[HEADER]", "INTERNALDATE"])
-        header = data.get(uid, {}).get(b"BODY[HEADER]", b"")
-        internaldate = data.get(uid, {}).get(b"INTERNALDATE")
+            data = self._client.fetch([uid], [f"BODY.PEEK[HEADER]<0.{limit}>", "INTERNALDATE"])
+        items = data.get(uid, {})
+        header = next((v for k, v in items.items() if k.startswith(b"BODY[HEADER]")), None) or b""
+        internaldate = items.get(b"INTERNALDATE")
         return FetchedMessage(self.state.uidvalidity, uid, header, size, internaldate, truncated=True)
 
     # -- marking -------------------------------------------------------------------------------------
 
     def park(self, uids: Sequence[int]) -> None:
-        """Done, but left on the server whatever after_delivery says: its job holds only the header."""
+        """Done, but left on the server whatever after_delivery says: its job holds only the header.
+
+        Flagged \\Seen and $MailroomParked, so no SEARCH offers it again; on a server that cannot keep
+        keywords only \\Seen (the watcher then remembers the UIDs itself, see MailboxWatcher).
+        """
         if not uids:
             return
+        flags = [SEEN, PARKED.encode()] if self.keywords_allowed else [SEEN]
         with _translated("mark parked"):
             self._pipeline.drain()
-            self._client.add_flags(list(uids), [SEEN, PARKED.encode()], silent=True)
+            self._client.add_flags(list(uids), flags, silent=True)
 
     def mark_done(self, uids: Sequence[int]) -> None:
         """Apply after_delivery to the whole set in one command (two or three for delete and move).
@@ -298,10 +325,11 @@ class ImapSession:
                 if action is AfterDeliveryAction.MOVE:
                     self._client.copy(uid_list, folder)
                 self._client.add_flags(uid_list, [SEEN, DELETED], silent=True)
+                # UID EXPUNGE removes exactly these. A plain EXPUNGE would also remove every message another
+                # client flagged \\Deleted (its own undo window), so without UIDPLUS ours stay flagged
+                # \\Deleted (no SEARCH offers them again) until the server or its owner expunges.
                 if b"UIDPLUS" in self.capabilities:
                     self._client.uid_expunge(uid_list)
-                else:
-                    self._client.expunge()
 
     # -- waiting -------------------------------------------------------------------------------------
 
@@ -444,8 +472,12 @@ def _shutdown_quietly(client: IMAPClient) -> None:
         pass
 
 
-def _enable_tcp_keepalive(sock: socket.socket) -> None:
-    """Let the kernel notice a peer that vanished; the IDLE renewal covers a path that silently drops."""
+def _tune_socket(sock: socket.socket) -> None:
+    """TCP_NODELAY: imapclient writes a command and its CRLF in two writes, and some servers (Cyrus,
+    Courier) send an answer in two pieces; with Nagle each second piece waits for the delayed ACK (~40 ms
+    on Linux). Keepalive lets the kernel notice a peer that vanished; the IDLE renewal covers a path that
+    silently drops."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     for option, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
         if hasattr(socket, option):

@@ -18,7 +18,7 @@ import structlog
 
 from mailroom import metrics
 from mailroom.config import ImapMailbox
-from mailroom.errors import EnqueueError, ImapAuthError, ImapError
+from mailroom.errors import EnqueueError, ImapAuthError, ImapError, ImapFolderError
 from mailroom.imap.session import FetchedMessage, FolderState, ImapSession
 
 Sink = Callable[[Sequence[FetchedMessage]], None]
@@ -96,6 +96,10 @@ class MailboxWatcher:
         self.status = WatcherStatus()
         self.log = structlog.get_logger("mailroom.watcher").bind(mailbox=config.name)
         self._backoff = Backoff()
+        # Parked (oversized) UIDs of the current UIDVALIDITY: a server that cannot keep our keyword would
+        # offer them in every SEARCH (with delete or move) and catch-up would never end. Trimmed to what
+        # each SEARCH still returns, so it holds only parked messages still in the folder.
+        self._parked: set[int] = set()
 
     def run(self) -> None:
         """Watch until ``stop`` is set. Never raises."""
@@ -108,6 +112,8 @@ class MailboxWatcher:
                 self._serve(session)
             except ImapAuthError as exc:
                 self._failed("imap_login_failed", exc)
+            except ImapFolderError as exc:
+                self._failed("after_delivery_folder_missing", exc)
             except ImapError as exc:
                 self._failed("imap_connection_failed", exc)
             except Exception as exc:  # the watcher must outlive any bug in a dependency
@@ -123,6 +129,7 @@ class MailboxWatcher:
         state = session.state
         if self.status.uidvalidity not in (None, state.uidvalidity):
             self.log.warning("uidvalidity_changed", old=self.status.uidvalidity, new=state.uidvalidity)
+            self._parked.clear()
         self.status.uidvalidity = state.uidvalidity
         self.status.connected = True
         self.status.last_error = None
@@ -182,6 +189,9 @@ class MailboxWatcher:
         """
         while not self.stop.is_set():
             uids = session.pending_uids()
+            if self._parked:
+                self._parked.intersection_update(uids)
+                uids = [uid for uid in uids if uid not in self._parked]
             if not uids:
                 if session.saw_activity():
                     continue  # new mail was announced while we searched: search again, don't IDLE on it
@@ -202,7 +212,9 @@ class MailboxWatcher:
         uids = [m.uid for m in batch if not m.truncated]
         session.mark_done(uids)
         # Too large to queue whole: the job has the header only, so the message itself must stay.
-        session.park([m.uid for m in batch if m.truncated])
+        parked = [m.uid for m in batch if m.truncated]
+        session.park(parked)
+        self._parked.update(parked)
         metrics.MESSAGES_MARKED.labels(self.config.name).inc(len(batch))
         self.log.debug("batch_marked", count=len(batch), first_uid=batch[0].uid, last_uid=batch[-1].uid)
 

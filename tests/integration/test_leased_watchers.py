@@ -56,3 +56,61 @@ def test_replicas_split_the_mailboxes_and_take_over(dovecot, redis_url, tmp_path
             replica.join(10)
     job_ids = [job.id for job in queue(redis_url).jobs]
     assert len(job_ids) == len(set(job_ids)) == 10
+
+
+@pytest.mark.timeout(90)
+def test_a_stopping_watcher_keeps_its_lease_until_it_has_exited(dovecot, redis_url, tmp_path, monkeypatch):
+    """Before: the lease was released after a 1 s join while the old watcher was still delivering, and the
+    other replica watched the same mailbox beside it (4 s in the issue's measurement)."""
+    import mailroom.app as app
+    from mailroom.imap.watcher import MailboxWatcher
+
+    account = dovecot.add_user(f"handover-{time.monotonic_ns()}", "secret")
+    settings = use_config(
+        monkeypatch, write_config(tmp_path / "c.yml", redis_url, mailbox_config(account), lease_ttl=1.5)
+    )
+    in_sink = threading.Event()
+    real_make_sink, real_run = app.make_sink, MailboxWatcher.run
+
+    def slow_make_sink(*args, **kwargs):
+        sink = real_make_sink(*args, **kwargs)
+
+        def slow(batch):
+            in_sink.set()
+            time.sleep(3)  # an application's slow Redis, a big batch: longer than the join waits
+            sink(batch)
+
+        return slow
+
+    runs: list[list[float]] = []  # [started, ended] of each watcher's run (ended: inf while running)
+
+    def recorded_run(self):
+        run = [time.monotonic(), float("inf")]
+        runs.append(run)
+        try:
+            real_run(self)
+        finally:
+            run[1] = time.monotonic()
+
+    monkeypatch.setattr(app, "make_sink", slow_make_sink)
+    monkeypatch.setattr(MailboxWatcher, "run", recorded_run)
+    stops = [threading.Event(), threading.Event()]
+    replicas = [start_watchers(settings, stop) for stop in stops]
+    try:
+        wait_for(lambda: sum(len(_watched(r)) for r in replicas) == 1, timeout=20)
+        holder = 0 if _watched(replicas[0]) else 1
+        append_messages(*_imap(account), [make_message(1)])
+        assert in_sink.wait(20)
+        stops[holder].set()  # stop the holder while its watcher is inside a batch
+        wait_for(lambda: _watched(replicas[1 - holder]) == {"support"}, timeout=20)
+        assert replicas[holder].join(10)
+        wait_for(lambda: count(*_imap(account)) == 0, timeout=20)
+    finally:
+        for stop in stops:
+            stop.set()
+        for replica in replicas:
+            replica.join(10)
+    first, second = sorted(runs)
+    print(f"old watcher ended {second[0] - first[1]:+.2f} s before the new one started")
+    assert first[1] <= second[0]  # never two watchers of the mailbox at once
+    assert len(queue(redis_url).jobs) == 1
