@@ -37,6 +37,7 @@ class Status(StrEnum):
     HANDLED = "handled"
     FAILED = "failed"  # the last attempt failed; RQ may still retry it (see the trail)
     REQUEUED = "requeued"
+    PURGED = "purged"  # deleted from the failed registry by `mailroom failed purge`
     SKIPPED = "skipped_auto_reply"
 
 
