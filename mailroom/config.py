@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping
 from enum import StrEnum
@@ -47,6 +48,7 @@ MAX_IDLE_TIMEOUT = 29 * 60  # RFC 2177: servers may drop an IDLE after 30 minute
 DEFAULT_QUEUE = "incoming_email"
 DEFAULT_ADDRESS = "incoming+%{key}@example.com"
 MASK = "*" * 10
+BUILTIN_HANDLERS = frozenset({"log", "webhook"})
 
 
 class Security(StrEnum):
@@ -127,6 +129,11 @@ def _problems_found(model: str, problems: list[tuple[str, str]]) -> None:
         )
 
 
+def clear_text_off_loopback(url: str) -> bool:
+    """An http:// URL to another machine: what it carries (tokens, messages) crosses the network in clear."""
+    return url.startswith("http://") and not _is_loopback(urlsplit(url).hostname or "")
+
+
 def _http_url_problem(name: str, value: str | None) -> list[tuple[str, str]]:
     """Secrets and tokens travel to these URLs: https, or http only to this machine (a test server)."""
     if value is None or value.startswith("https://"):
@@ -167,16 +174,26 @@ class WebhookConfig(_Model):
     token_file: SecretFile | None = Field(default=None, description="sent as Authorization: SCHEME TOKEN")
     token_scheme: str = Field(default="Bearer", pattern=r"^[A-Za-z][A-Za-z0-9._~+/-]*$")
     timeout: float = Field(default=30.0, gt=0)
+    allow_insecure: bool = Field(default=False, description="required for an http:// url off loopback")
 
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
+        # The messages never repeat the URL: it may hold the very password they refuse.
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
+        if "@" in urlsplit(value).netloc:
+            raise ValueError(
+                "must not contain user:password@ (it would be logged with every failed call);"
+                " use username and password_file for basic auth"
+            )
         return value
 
     def _problems(self) -> list[tuple[str, str]]:
         problems: list[tuple[str, str]] = []
+        if not self.allow_insecure and clear_text_off_loopback(self.url):
+            message = "http:// sends every message in clear text: use https://, or set allow_insecure: true"
+            problems.append(("url", message))
         if (self.username is None) != (self.password_file is None):
             problems.append(("username", "basic auth needs both username and password_file"))
         if self.token_file is not None and self.password_file is not None:
@@ -343,7 +360,7 @@ class _Mailbox(_Model):
     @field_validator("handler")
     @classmethod
     def _handler(cls, value: str) -> str:
-        if value in ("log", "webhook") or ":" in value:
+        if value in BUILTIN_HANDLERS or ":" in value:
             return value
         raise ValueError("must be log, webhook, or an import string like myapp.mail:handle")
 
@@ -708,21 +725,39 @@ def _problems(exc: ValidationError, env: EnvSettings | None = None) -> list[str]
 
 
 def masked(settings: Settings) -> dict[str, Any]:
-    """The effective configuration as plain data, secrets replaced by '**********'."""
-    data: dict[str, Any] = settings.model_dump(mode="json")
-    for mailbox in data["mailboxes"]:
-        if mailbox.get("password") is not None:
-            mailbox["password"] = MASK
-    data["redis_url"] = _mask_url_password(data["redis_url"])
+    """The effective configuration as plain data, secrets replaced by '**********'.
+
+    SecretStr fields dump masked already; every other string that is a URL (redis_url, a Sentinel URL,
+    webhook and token URLs) loses its userinfo password and any password-like query parameter.
+    """
+    data: dict[str, Any] = _mask_urls(settings.model_dump(mode="json"))
     if data.get("sentry_dsn") is not None:
         data["sentry_dsn"] = MASK
     return data
 
 
-def _mask_url_password(url: str) -> str:
+def _mask_urls(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {key: _mask_urls(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_mask_urls(value) for value in node]
+    if isinstance(node, str) and "://" in node:
+        return mask_url(node)
+    return node
+
+
+# A query parameter whose name says it carries a secret: ?password=, ?sentinel_password=, ?token=, ...
+_SECRET_PARAMETER = re.compile(r"([?&][^=&#]*(?:pass|secret|token|key|auth)[^=&#]*=)[^&#]*", re.IGNORECASE)
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its userinfo password (the whole userinfo if it has no ``:``, as a token often is)
+    and password-like query parameters replaced by '**********'."""
+    url = _SECRET_PARAMETER.sub(lambda match: match.group(1) + MASK, url)
     scheme, sep, rest = url.partition("://")
+    # The last @ ends the userinfo: a raw password may hold @ or / (the secret query values are gone).
     userinfo, at, host = rest.rpartition("@")
-    if not at or ":" not in userinfo:
+    if not sep or not at:
         return url
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}{sep}{user}:{MASK}@{host}"
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}{sep}{user}:{MASK}@{host}" if colon else f"{scheme}{sep}{MASK}@{host}"

@@ -16,21 +16,29 @@ from typing import Any
 
 import click
 
-from mailroom import logs
+from mailroom import logs, preflight
 from mailroom.config import CONFIG_PATH_ENV, Settings, load_settings
 from mailroom.errors import ConfigError
 
 LOG_FORMATS = ("json", "console", "auto")
 
 
-def load_or_exit(ctx: click.Context, service: bool = False) -> Settings:
+def load_or_exit(ctx: click.Context, service: bool = False, *, start: bool = False) -> Settings:
     """The settings, or each problem on its own line and exit code 2. Logs go to stderr, or to stdout
-    for a ``service`` (a long-running process whose stdout is its log)."""
+    for a ``service`` (a long-running process whose stdout is its log).
+
+    ``start``: a process is starting (or check-config asks whether it could): also read every secret
+    file and import every handler (mailroom.preflight), so a config that would fail every message
+    stops here instead.
+    """
     obj = ctx.find_root().obj
     try:
         settings = load_settings(obj["config"])
+        problems = preflight.problems(settings) if start else []
     except ConfigError as exc:
-        for problem in exc.problems:
+        problems = exc.problems
+    if problems:
+        for problem in problems:
             click.echo(f"config error: {problem}", err=True)
         ctx.exit(2)
     logs.configure(

@@ -23,8 +23,11 @@ SHUTDOWN_GRACE_SECONDS = 8.0
 @cli.command("check-config")
 @click.pass_context
 def check_config(ctx: click.Context) -> None:
-    """Validate the configuration and print it with secrets masked (exit 2 if invalid)."""
-    settings = load_or_exit(ctx)
+    """Validate the configuration and print it with secrets masked (exit 2 if invalid).
+
+    Also what every process checks at start: each secret file is read, the webhook secret decoded and
+    each module:callable handler imported."""
+    settings = load_or_exit(ctx, start=True)
     click.echo(yaml.safe_dump(masked(settings), sort_keys=False), nl=False)
 
 
@@ -35,7 +38,7 @@ def watch(ctx: click.Context) -> None:
     from mailroom import sentry
     from mailroom.app import serve_watcher_health, start_watchers
 
-    settings = load_or_exit(ctx, service=True)
+    settings = load_or_exit(ctx, service=True, start=True)
     if not settings.mailboxes:
         click.echo("config error: mailboxes: configure at least one mailbox to watch", err=True)
         ctx.exit(2)
@@ -75,7 +78,7 @@ def worker(ctx: click.Context, queues: tuple[str, ...], burst: bool) -> None:
     from mailroom.queue import JOB_FUNCTION, connect
     from mailroom.rqworker import WORKER_TTL, MailroomWorker, preload_jobs
 
-    settings = load_or_exit(ctx, service=True)
+    settings = load_or_exit(ctx, service=True, start=True)
     config = ctx.find_root().obj["config"]
     if config:
         # The job function reads the configuration in the worker process.

@@ -32,7 +32,7 @@ def webhooks(ctx: click.Context, host: str | None, port: int | None) -> None:
     from mailroom.provider.webhooks import create_app, signing_key_source
     from mailroom.queue import connect
 
-    settings = load_or_exit(ctx, service=True)
+    settings = load_or_exit(ctx, service=True, start=True)
     provider = settings.provider
     key = provider.read_signing_key() if provider is not None else None
     if provider is None or not key:
