@@ -14,7 +14,7 @@ from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from mailroom.config import MAX_IDLE_TIMEOUT
+from mailroom.config import MAX_IDLE_TIMEOUT, clear_text_off_loopback
 from mailroom.migrate.erb import PLACEHOLDER, EnvRef, ErbValue, FileRef
 from mailroom.migrate.notes import Report, Severity
 
@@ -384,6 +384,15 @@ class Converter:
             )
             return
         webhook: dict[str, Any] = {"url": self._http_url(str(url), where, "delivery_options.delivery_url")}
+        if clear_text_off_loopback(webhook["url"]):
+            webhook["allow_insecure"] = True  # mailroom refuses clear text off loopback unless told
+            self.report.note(
+                where,
+                "delivery_options.delivery_url",
+                Severity.CHANGED,
+                "http:// to another host: allow_insecure: true written (messages and their JWT travel "
+                "in clear text, as with mail_room); prefer https://",
+            )
         out["handler"] = "webhook"
         out["webhook"] = webhook
         self._jwt(options, webhook, where)
