@@ -341,9 +341,10 @@ class _Mailbox(_Model):
     @field_validator("address")
     @classmethod
     def _template(cls, value: str) -> str:
-        if value.count("%{key}") != 1 or "@" not in value:
-            raise ValueError("must contain %{key} once and an @, like incoming+%{key}@example.com")
-        if "%{key}" not in value.split("@", 1)[0]:
+        # A plain address (no %{key}) is a catch-all: its mail has no reply key.
+        if value.count("%{key}") > 1 or "@" not in value:
+            raise ValueError("must be an address with %{key} at most once, like incoming+%{key}@example.com")
+        if "%{key}" in value.rsplit("@", 1)[1]:
             raise ValueError("%{key} must be in the local part (before the @)")
         return value
 

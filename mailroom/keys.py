@@ -3,7 +3,9 @@
 Pure, no I/O. The rules follow GitLab (``lib/gitlab/email/receiver.rb`` and
 ``lib/gitlab/incoming_email.rb``):
 
-* The application sends mail from an address template such as ``incoming+%{key}@example.com``.
+* The application sends mail from an address template such as ``incoming+%{key}@example.com``. A plain
+  address without ``%{key}`` (``support@example.com``, for a catch-all handler) is allowed: its mail
+  simply has no key (none is looked for, not even in ``References``).
   The template is taken literally (``.`` and ``+`` are not regex operators); ``%{key}`` stands for one or
   more characters other than ``@`` in the local part. The whole address must match; the domain is compared
   case-insensitively, the local part case-sensitively.
@@ -79,14 +81,14 @@ class AddressTemplate:
     def __post_init__(self) -> None:
         template = self.template
         count = template.count(KEY_PLACEHOLDER)
-        if count != 1:
+        if count > 1:
             raise ValueError(
-                f"address template {template!r} must contain {KEY_PLACEHOLDER} exactly once (found {count})"
+                f"address template {template!r} must contain {KEY_PLACEHOLDER} at most once (found {count})"
             )
         local, at, domain = template.rpartition("@")
-        if not at or not domain:
+        if not at or not local or not domain:
             raise ValueError(f"address template {template!r} must be an address: local-part@domain")
-        if KEY_PLACEHOLDER not in local:
+        if KEY_PLACEHOLDER in domain:
             raise ValueError(f"address template {template!r}: {KEY_PLACEHOLDER} must be in the local part")
         if any(ch.isspace() for ch in template):
             raise ValueError(f"address template {template!r} must not contain whitespace")
@@ -98,6 +100,11 @@ class AddressTemplate:
         pattern = re.compile(re.escape(prefix) + "([^@]+)" + re.escape(suffix))
         object.__setattr__(self, "_local", pattern)
 
+    @property
+    def has_key(self) -> bool:
+        """False for a plain address (``support@example.com``, a catch-all): its mail carries no key."""
+        return KEY_PLACEHOLDER in self.template
+
     @classmethod
     def parse(cls, template: str) -> AddressTemplate:
         """Validate ``template``; :class:`ValueError` names what is wrong with it."""
@@ -106,7 +113,9 @@ class AddressTemplate:
         return cls(template.strip())
 
     def key_from_address(self, address: str) -> str | None:
-        """The key in ``address`` if it matches the template, else ``None``."""
+        """The key in ``address`` if it matches the template, else ``None`` (always, without a key)."""
+        if not self.has_key:
+            return None
         address = address.strip()
         if address.startswith("<") and address.endswith(">"):
             address = address[1:-1].strip()
@@ -118,6 +127,8 @@ class AddressTemplate:
 
     def fill(self, key: str) -> str:
         """The address for ``key``: the template with ``%{key}`` replaced."""
+        if not self.has_key:
+            raise ValueError(f"address {self.template!r} has no {KEY_PLACEHOLDER} to put a reply key in")
         return self.template.replace(KEY_PLACEHOLDER, key)
 
 
@@ -148,6 +159,8 @@ def find_reply_key_by_name(
     by_name: Mapping[str, Sequence[str]], template: AddressTemplate
 ) -> ReplyKey | None:
     """:func:`find_reply_key` for headers already grouped: lowercase name -> values in message order."""
+    if not template.has_key:
+        return None  # a catch-all address: its mail has no reply key, by configuration
     for header, lowered in _KEY_NAMES:
         for value in by_name.get(lowered, ()):
             if template._domain not in value.lower():

@@ -73,7 +73,7 @@ def test_password_file_is_read_fresh_without_trailing_newline(tmp_path):
         ({"security": "none"}, "allow_insecure"),
         ({"idle_timeout": 3600}, "mailboxes.0.idle_timeout"),
         ({"after_delivery": "archive"}, "mailboxes.0.after_delivery: must be seen, delete or move:<folder>"),
-        ({"address": "incoming@example.com"}, "mailboxes.0.address"),
+        ({"address": "incoming+%{key}+%{key}@example.com"}, "mailboxes.0.address"),
         ({"handler": "nonsense"}, "mailboxes.0.handler"),
         ({"password_file": "/nonexistent"}, "exactly one of password or password_file"),
         ({"port": 0}, "mailboxes.0.port"),

@@ -61,8 +61,7 @@ def test_template_with_suffix_and_fill() -> None:
 @pytest.mark.parametrize(
     ("template", "message"),
     [
-        ("incoming@example.com", "exactly once"),
-        ("incoming+%{key}+%{key}@example.com", "exactly once"),
+        ("incoming+%{key}+%{key}@example.com", "at most once"),
         ("incoming+%{key}", "local-part@domain"),
         ("incoming+%{key}@", "local-part@domain"),
         ("incoming@%{key}.example.com", "local part"),
@@ -192,3 +191,18 @@ def test_hostile_received_header_is_fast(received: str) -> None:
 def test_hostile_address_and_reference_headers_are_fast(value: str) -> None:
     headers = [(name, value) for name in ("To", "Cc", "References", "In-Reply-To")]
     find_reply_key(headers, TEMPLATE)
+
+
+def test_a_plain_address_is_a_catch_all_whose_mail_has_no_key() -> None:
+    """issue 14: a mailbox address without %{key} (support@) is allowed; the key is simply absent."""
+    template = AddressTemplate.parse("support@example.com")
+    assert not template.has_key and AddressTemplate.parse("incoming+%{key}@example.com").has_key
+    assert template.key_from_address("support@example.com") is None
+    headers = [
+        ("To", "support@example.com"),
+        ("Delivered-To", "support+abc@example.com"),
+        ("References", "<reply-abc123@app.example.com>"),
+    ]
+    assert find_reply_key(headers, template) is None
+    with pytest.raises(ValueError, match="no %\\{key\\}"):
+        template.fill("abc")
