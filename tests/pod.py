@@ -295,24 +295,10 @@ class PodSpec:
     gid: int
     groups: list[int]
     hosts: dict[str, str] = field(default_factory=dict)  # name -> address, for /etc/hosts
-    # Paths the user must reach, as in the image (e.g. a pyenv Python under a 0700 /root): in the pod's
-    # view a hidden ancestor is replaced by a tmpfs holding only these (the host is not changed).
+    # Paths the container's process must see and read, as the image has them (the Python, the venv, the
+    # source): a 0700 ancestor (a pyenv Python under /root) is covered, in the pod's view only, by a
+    # tmpfs holding just these; one under an emptyDir's mountPath (a checkout in /tmp) is kept visible.
     reachable: list[Path] = field(default_factory=list)
-
-
-def _reach(path: Path, i: int, work: Path) -> list[str]:
-    for ancestor in reversed(path.parents):
-        if ancestor.stat().st_mode & stat.S_IXOTH:
-            continue
-        saved = work / f"reach{i}"
-        saved.mkdir(parents=True)
-        return [
-            f"mount --bind {shlex.quote(str(path))} {saved}",
-            f"mount -t tmpfs -o mode=0755,size=1m tmpfs {shlex.quote(str(ancestor))}",
-            f"mkdir -p {shlex.quote(str(path))}",
-            f"mount --bind {saved} {shlex.quote(str(path))}",
-        ]
-    return []
 
 
 def stage_volume(directory: Path, data: Mapping[str, str], mode: int, gid: int | None) -> Path:
@@ -341,8 +327,6 @@ def stage_volume(directory: Path, data: Mapping[str, str], mode: int, gid: int |
 def _script(spec: PodSpec, work: Path) -> str:
     """The shell run as root inside the new namespaces; it execs the container's process."""
     lines = ["set -eu", "ip link set lo up"]
-    for i, path in enumerate(spec.reachable):
-        lines += _reach(path, i, work)
     overlaid: list[str] = []
     for i, volume in enumerate(spec.volumes):
         target = Path(volume.mount_path)
@@ -375,12 +359,30 @@ def _script(spec: PodSpec, work: Path) -> str:
         if volume.source is not None:
             lines.append(f"mount --bind {shlex.quote(str(volume.source))} {shlex.quote(volume.mount_path)}")
     writable = []
+    covers: list[tuple[Path, str]] = []  # tmpfs mounts that hide what is below them
     for volume in spec.volumes:
         if volume.source is None:
-            options = f"mode=2777,gid={spec.groups[0] if spec.groups else 0},size=64m"
-            lines.append(f"mount -t tmpfs -o {options} tmpfs {shlex.quote(volume.mount_path)}")
+            covers.append((Path(volume.mount_path), f"mode=2777,gid={spec.groups[0] if spec.groups else 0}"))
             if not volume.read_only:
                 writable.append(volume.mount_path)
+    for path in spec.reachable:
+        hidden = next((a for a in reversed(path.parents) if not a.stat().st_mode & stat.S_IXOTH), None)
+        if hidden is not None and all(hidden != c for c, _ in covers):
+            covers.append((hidden, "mode=0755"))
+    moves = []
+    for i, (cover, options) in enumerate(covers):
+        # built aside, the reachable paths below it bound in, then moved over its place in one step
+        aside = work / f"cover{i}"
+        aside.mkdir()
+        lines.append(f"mount -t tmpfs -o {options},size=64m tmpfs {aside}")
+        for path in _outermost(spec.reachable):
+            if path.is_relative_to(cover):
+                inside = aside / path.relative_to(cover)
+                lines.append(f"mkdir -p {shlex.quote(str(inside))}")
+                lines.append(f"mount --bind {shlex.quote(str(path))} {shlex.quote(str(inside))}")
+        moves.append((work.is_relative_to(cover), f"mount --move {aside} {shlex.quote(str(cover))}"))
+    # the cover hiding this work directory (/tmp) moves last: the others are still reachable until then
+    lines += [move for _, move in sorted(moves, key=lambda m: m[0])]
     keep = "|".join([*(f"{p}|{p}/*" for p in KEEP_WRITABLE), *writable])
     lines.append(
         "awk '{print $5}' /proc/self/mountinfo | while read -r mp; do "
@@ -392,6 +394,11 @@ def _script(spec: PodSpec, work: Path) -> str:
         f"cd / && exec {shlex.join(as_container_user(spec, spec.argv))} </dev/null >&2",
     ]
     return "\n".join(lines)
+
+
+def _outermost(paths: Sequence[Path]) -> list[Path]:
+    """``paths`` without those inside another one of them."""
+    return [p for p in paths if not any(p != q and p.is_relative_to(q) for q in paths)]
 
 
 def as_container_user(spec: PodSpec, argv: Sequence[str]) -> list[str]:

@@ -85,7 +85,7 @@ def compose_spec(
         gid=10001,
         groups=[],
         hosts=hosts,
-        reachable=[Path(sys.base_prefix), Path(sys.prefix)],
+        reachable=[Path(sys.base_prefix), Path(sys.prefix), pod.ROOT],
     )
     return spec, forward
 

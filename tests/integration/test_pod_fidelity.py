@@ -141,7 +141,7 @@ def build(
         gid=int(security.get("runAsGroup", 0)),
         groups=[int(fs_group)] if fs_group is not None else [],
         hosts=hosts,
-        reachable=[Path(sys.base_prefix), Path(sys.prefix)],
+        reachable=[Path(sys.base_prefix), Path(sys.prefix), pod.ROOT],
     )
     return (
         spec,
