@@ -172,7 +172,10 @@ def check(
             name, settings.domain_check, tracking=tracking, nameserver=nameserver, port=port
         )
     except DnsError as exc:
-        click.echo(f"error: DNS lookup failed: {exc}", err=True)
+        if as_json:
+            click.echo(json.dumps({"domain": name, "ok": False, "error": f"DNS lookup failed: {exc}"}))
+        else:
+            click.echo(f"error: DNS lookup failed: {exc}", err=True)
         ctx.exit(2)
     warning = None
     tracked = [c for c in checks if c.record == "CNAME" and c.found]

@@ -7,7 +7,9 @@ one kind of failure.
 
 from __future__ import annotations
 
+import ast
 import imaplib
+import re
 import select
 import socket
 import ssl
@@ -69,7 +71,22 @@ def _translated(action: str) -> Iterator[None]:
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300]
+    return " ".join(_server_text(str(exc)).split())[:300]
+
+
+_BYTES_REPR = re.compile(r"""^b(['"]).*\1$""", re.DOTALL)
+
+
+def _server_text(text: str) -> str:
+    """A server reply as text: imaplib and imapclient put the reply's bytes in the exception, so its text
+    reads ``b'[AUTHENTICATIONFAILED] Authentication failed.'``; this gives the words."""
+    if not _BYTES_REPR.match(text):
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else text
 
 
 def tls_context(config: ImapMailbox) -> ssl.SSLContext:
