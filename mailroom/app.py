@@ -11,11 +11,10 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from prometheus_client.registry import Collector
-from rq import Worker
 
 from mailroom import logs, metrics
 from mailroom.config import AuthMethod, GraphMailbox, MailboxConfig, MailboxKind, OAuth2Config, Settings
-from mailroom.health import MARGIN_SECONDS, Check, WatchedMailbox, WatcherProbe, WorkerProbe
+from mailroom.health import MARGIN_SECONDS, Check, WatchedMailbox, WatcherProbe
 from mailroom.imap.session import FetchedMessage, ImapSession
 from mailroom.imap.watcher import MailboxWatcher, Sink, WatcherStatus, WatchLimits
 from mailroom.keys import AddressTemplate
@@ -23,7 +22,6 @@ from mailroom.lease import Coordinator
 from mailroom.message import parse_message
 from mailroom.metrics import MailboxCollector, QueueCollector
 from mailroom.queue import Enqueued, MailQueue, connect
-from mailroom.rqworker import heartbeat_age
 from mailroom.schema import JobPayload
 from mailroom.web import HealthServer
 
@@ -254,13 +252,3 @@ def serve_watcher_health(settings: Settings, watchers: Watchers, port: int | Non
         ),
     ]
     return HealthServer(port if port is not None else settings.http_port or 0, probe, collectors).start()
-
-
-def serve_worker_health(settings: Settings, worker: Worker, port: int | None = None) -> HealthServer:
-    """The worker process's /healthz (RQ heartbeat recent), /readyz (Redis PING) and /metrics."""
-    connection = connect(settings.redis_url)
-    probe = WorkerProbe(
-        lambda: heartbeat_age(worker), connection, bound=worker.worker_ttl + 60, started=time.monotonic()
-    )
-    collector = QueueCollector(connection, [q.name for q in worker.queues])
-    return HealthServer(port if port is not None else settings.http_port or 0, probe, [collector]).start()

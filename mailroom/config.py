@@ -547,6 +547,22 @@ class RejectionsConfig(_Model):
     message_id_host: str | None = Field(default=None, description="default: the from_address domain")
 
 
+class WorkerConfig(_Model):
+    """How ``mailroom worker`` runs handlers (docs/handlers.md says which isolation to choose)."""
+
+    isolation: Literal["thread", "fork"] = Field(
+        default="thread",
+        description="thread: jobs run concurrently in threads of one process; fork: RQ's Worker, a "
+        "work horse process per job, one at a time",
+    )
+    concurrency: int = Field(
+        default=10, ge=1, le=1000, description="jobs at once per worker process (thread)"
+    )
+    shutdown_timeout: float = Field(
+        default=25.0, ge=0, description="seconds running jobs get to finish after SIGTERM (thread)"
+    )
+
+
 class DomainCheckConfig(_Model):
     """What `mailroom domain check` expects to find in DNS (Mailgun's defaults)."""
 
@@ -571,6 +587,7 @@ class Settings(BaseSettings):
     smtp: SmtpConfig | None = None
     rejections: RejectionsConfig = RejectionsConfig()
     domain_check: DomainCheckConfig = DomainCheckConfig()
+    worker: WorkerConfig = WorkerConfig()
     log_format: Literal["json", "console", "auto"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     http_port: int | None = Field(default=None, ge=0, le=65535, description="health and metrics server")

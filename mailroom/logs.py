@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+import threading
 import time
 from collections.abc import Mapping, MutableMapping, Sequence
 from functools import cache
+from types import TracebackType
 from typing import Any, TextIO
 
 import structlog
@@ -106,7 +109,60 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=True,
     )
-    # Library logs (RQ's worker lines) go through stdlib logging, to stderr, at our level.
-    logging.basicConfig(level=max(numeric_level, logging.INFO), stream=sys.stderr, format="%(message)s")
+    # Library logs (RQ's worker lines) go through stdlib logging, to stderr, at our level: in JSON mode
+    # one JSON object per line as well, and Python's warnings and uncaught exceptions with them.
+    _library_logs(use_json, max(numeric_level, logging.INFO))
     # imaplib's debug output can echo credentials: keep it off whatever the level.
     logging.getLogger("imapclient").setLevel(logging.WARNING)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class JsonLines(logging.Formatter):
+    """A stdlib record as the JSON line structlog would print: the message as ``event``, with
+    ``level``, ``logger`` and ``timestamp`` (RQ's colour codes removed, an exception as text)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        event: dict[str, Any] = {
+            "event": _ANSI.sub("", record.getMessage()),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "timestamp": _now(),
+        }
+        if record.exc_info:
+            event["exception"] = self.formatException(record.exc_info)
+        return _ENCODER.encode(redact(None, event["level"], event))
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The root handler configure() installs (and replaces on the next call)."""
+
+
+def _library_logs(use_json: bool, level: int) -> None:
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _Handler)]:
+        root.removeHandler(handler)
+    handler = _Handler(sys.stderr)
+    handler.setFormatter(JsonLines() if use_json else logging.Formatter("%(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)
+    logging.captureWarnings(use_json)
+    if use_json:
+        sys.excepthook = _uncaught
+        threading.excepthook = _uncaught_in_thread
+
+
+def _uncaught(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+    logging.getLogger("mailroom").critical("uncaught_exception", exc_info=(kind, value, tb))
+
+
+def _uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit or args.exc_value is None:
+        return
+    thread = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("mailroom").error(
+        "uncaught_exception_in_thread %s",
+        thread,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )

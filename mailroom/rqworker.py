@@ -17,8 +17,10 @@ from redis.exceptions import RedisError
 from rq import Queue, SimpleWorker, Worker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.worker import BaseWorker
 
 from mailroom import history, metrics
+from mailroom.config import Settings
 
 WORKER_TTL = 60  # seconds: RQ heartbeats at least this often while idle (it blocks dequeue_timeout = 45 s)
 
@@ -62,16 +64,17 @@ class MailroomSimpleWorker(_Observed, SimpleWorker):
     """Runs jobs in its own process (tests, --burst debugging)."""
 
 
-def preload_jobs(job_function: str) -> None:
+def preload_jobs(job_function: str, settings: Settings) -> None:
     """Import the job function's module by name (mailroom never imports ``workers`` directly) and run its
-    ``preload()``, so the work horses RQ forks inherit a configured job module instead of loading it."""
+    ``preload(settings)``: the job module gets the process's settings as an argument, and the work
+    horses RQ forks inherit a configured job module instead of loading it."""
     module = importlib.import_module(job_function.rpartition(".")[0])
     preload = getattr(module, "preload", None)
     if callable(preload):
-        preload()
+        preload(settings)
 
 
-def heartbeat_age(worker: Worker) -> float | None:
+def heartbeat_age(worker: BaseWorker) -> float | None:
     """Seconds since the worker loop last told Redis it is alive (None before its first heartbeat)."""
     last = worker.last_heartbeat
     if last is None:

@@ -6,6 +6,7 @@ payloads that cannot be handled at all), which go straight to the failed registr
 
 from __future__ import annotations
 
+import inspect
 from functools import cache
 from typing import Any, NoReturn
 
@@ -14,6 +15,7 @@ from rq import get_current_job
 
 from mailroom.config import Settings, load_settings
 from mailroom.schema import JobPayload, PayloadError
+from workers import aio
 from workers.errors import PermanentHandlerError, RejectMessage
 from workers.incoming import IncomingEmail
 from workers.registry import Handler, HandlerNotFound, handler_for
@@ -22,10 +24,22 @@ from workers.rejections import reject
 log = structlog.get_logger("mailroom.worker")
 
 
+_given: Settings | None = None
+
+
 @cache
 def settings() -> Settings:
-    """The worker process's configuration ($MAILROOM_CONFIG and MAILROOM_* variables), read once."""
-    return load_settings()
+    """The worker process's configuration: what ``preload`` was given (``mailroom worker``), else
+    $MAILROOM_CONFIG and MAILROOM_* variables read once (a plain ``rq worker``)."""
+    return _given if _given is not None else load_settings()
+
+
+def configure(given: Settings | None) -> None:
+    """Use ``given`` (None: the environment again) from now on."""
+    global _given
+    _given = given
+    settings.cache_clear()
+    _handler.cache_clear()
 
 
 @cache
@@ -33,13 +47,16 @@ def _handler(mailbox: str) -> Handler:
     return handler_for(settings().mailbox(mailbox))
 
 
-def preload() -> None:
-    """Import and configure everything a job needs, once, in the worker's main process.
+def preload(given: Settings | None = None) -> None:
+    """Take ``given`` as the settings, then import and configure everything a job needs, once, in the
+    worker's main process.
 
     RQ forks a work horse per job; what the parent has loaded the horse inherits, so a job no longer pays
     for reading the config, importing its handler and (for the webhook) the JWT library. A handler that
     cannot be imported is left to fail its jobs with the reason.
     """
+    if given is not None:
+        configure(given)
     for mailbox in settings().mailboxes:
         try:
             _handler(mailbox.name)
@@ -78,6 +95,8 @@ def handle_email(data: dict[str, Any]) -> dict[str, Any]:
         _permanent(f"no handler for mailbox {payload.mailbox!r}: {exc}")
     try:
         result = handler(email)
+        if inspect.isawaitable(result):  # an ``async def`` handler
+            result = aio.run(result)
     except RejectMessage as exc:
         jlog.warning("handler_rejected", reason=exc.reason)
         reject(settings(), payload, exc.reason, exc.detail)

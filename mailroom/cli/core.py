@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 import threading
@@ -15,7 +14,7 @@ import click
 import yaml
 
 from mailroom.cli.base import cli, load_or_exit
-from mailroom.config import CONFIG_PATH_ENV, DEFAULT_ADDRESS, INCOMING_ADDRESS_ENV, masked
+from mailroom.config import DEFAULT_ADDRESS, INCOMING_ADDRESS_ENV, masked
 
 SHUTDOWN_GRACE_SECONDS = 8.0
 
@@ -67,33 +66,27 @@ def _stop_on_signals(stop: threading.Event) -> None:
     "--queue", "-q", "queues", multiple=True, help="queue to work on (repeatable); default: all configured"
 )
 @click.option("--burst", is_flag=True, help="work until the queues are empty, then exit")
+@click.option(
+    "--isolation",
+    type=click.Choice(["thread", "fork"]),
+    help="thread: jobs run concurrently in this process; fork: a work-horse process per job"
+    " (default: worker.isolation)",
+)
+@click.option(
+    "--concurrency", "-c", type=click.IntRange(1, 1000), help="jobs at once (default: worker.concurrency)"
+)
 @click.pass_context
-def worker(ctx: click.Context, queues: tuple[str, ...], burst: bool) -> None:
+def worker(
+    ctx: click.Context, queues: tuple[str, ...], burst: bool, isolation: str | None, concurrency: int | None
+) -> None:
     """Run an RQ worker (JSON serializer, with the scheduler for retries) on the mailboxes' queues."""
-    from rq import Queue
-    from rq.serializers import JSONSerializer
-
-    from mailroom import sentry
-    from mailroom.app import serve_worker_health
-    from mailroom.queue import JOB_FUNCTION, connect
-    from mailroom.rqworker import WORKER_TTL, MailroomWorker, preload_jobs
+    from mailroom.worker import run_worker
 
     settings = load_or_exit(ctx, service=True, start=True)
-    config = ctx.find_root().obj["config"]
-    if config:
-        # The job function reads the configuration in the worker process.
-        os.environ[CONFIG_PATH_ENV] = str(config)
-    connection = connect(settings.redis_url)
-    names = list(queues) or settings.queues()
-    rq_queues = [Queue(name, connection=connection, serializer=JSONSerializer) for name in names]
-    sentry.init(settings, "worker", with_rq=True)
-    preload_jobs(JOB_FUNCTION)
-    rq_worker = MailroomWorker(
-        rq_queues, connection=connection, serializer=JSONSerializer, worker_ttl=WORKER_TTL
-    )
-    if settings.http_port is not None:
-        serve_worker_health(settings, rq_worker)  # a daemon thread: it ends with the process
-    rq_worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level.upper())
+    overrides = {k: v for k, v in (("isolation", isolation), ("concurrency", concurrency)) if v is not None}
+    if overrides:
+        settings = settings.model_copy(update={"worker": settings.worker.model_copy(update=overrides)})
+    ctx.exit(run_worker(settings, queues, burst))
 
 
 @cli.command()

@@ -55,7 +55,8 @@ def test_worker_sigkilled_mid_job(imap_account, redis_url, tmp_path, monkeypatch
     assert len(queue(redis_url)) == len(sent)
 
     log = tmp_path / "worker.log"
-    first = MailroomProcess(config, log, "worker").start()
+    # Work horses exist with fork isolation (RQ's Worker); the threaded worker is killed whole below.
+    first = MailroomProcess(config, log, "worker", "--isolation", "fork").start()
     horse = wait_for(lambda: _started_pid(redis_url, slow0), timeout=60)
     os.kill(horse, signal.SIGKILL)  # the OOM killer's choice: the horse dies, its worker lives on
     horse = wait_for(lambda: _started_pid(redis_url, slow1), timeout=60)
@@ -69,7 +70,7 @@ def test_worker_sigkilled_mid_job(imap_account, redis_url, tmp_path, monkeypatch
     # A dead worker's job is found by the next worker's registry maintenance once its heartbeat has
     # expired (job_monitoring_interval + 60 s). Run that same RQ code with the clock moved past it.
     started.cleanup(timestamp=time.time() + 120)
-    second = MailroomProcess(config, log, "worker", "--burst").start()
+    second = MailroomProcess(config, log, "worker", "--isolation", "fork", "--burst").start()
     assert second.proc is not None
     assert second.proc.wait(120) == 0
     drain(redis_url)  # nothing should be left; this only makes verify()'s preconditions hold

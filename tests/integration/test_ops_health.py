@@ -14,9 +14,10 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from devstack import append_messages, count, make_message
-from mailroom.app import serve_watcher_health, serve_worker_health, start_watchers
+from mailroom.app import serve_watcher_health, start_watchers
 from mailroom.config import load_settings
-from mailroom.rqworker import MailroomSimpleWorker
+from mailroom.threadworker import ThreadWorker
+from mailroom.worker import WorkerRef, serve_worker_health
 from tests.support import mailbox_config, use_config, wait_for, write_config
 
 pytestmark = pytest.mark.integration
@@ -113,8 +114,8 @@ def test_metrics_move_by_the_batch(imap_account, redis_url, tmp_path, monkeypatc
 
     connection = redis.Redis.from_url(redis_url)
     q = Queue("incoming_email", connection=connection, serializer=JSONSerializer)
-    worker = MailroomSimpleWorker([q], connection=connection, serializer=JSONSerializer)
-    worker_http = serve_worker_health(settings, worker, port=0)
+    worker = ThreadWorker([q], connection=connection, serializer=JSONSerializer)
+    worker_http = serve_worker_health(settings, [q.name], WorkerRef(worker), port=0)
     try:
         worker.work(burst=True)
         assert get(worker_http.port, "/healthz")[0] == 200  # heartbeat sent by the loop

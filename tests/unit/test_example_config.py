@@ -17,6 +17,7 @@ from mailroom.config import (
     OAuth2Config,
     Settings,
     WebhookConfig,
+    WorkerConfig,
     load_settings,
 )
 
@@ -64,7 +65,7 @@ def _models_in(annotation: Any) -> Iterator[type[BaseModel]]:
 def test_example_documents_every_field() -> None:
     text = EXAMPLE.read_text()
     models = set(_models(Settings))
-    assert {ImapMailbox, GraphMailbox, GraphConfig, OAuth2Config, WebhookConfig} <= models
+    assert {ImapMailbox, GraphMailbox, GraphConfig, OAuth2Config, WebhookConfig, WorkerConfig} <= models
     missing = sorted(
         f"{model.__name__}.{name}"
         for model in models

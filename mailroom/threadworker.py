@@ -1,0 +1,659 @@
+"""An RQ worker that runs N jobs at once in threads, fetching and acknowledging them in batches.
+
+RQ's ``Worker`` forks a work horse per job and runs one job at a time; ``SimpleWorker`` does not fork
+but still runs one job at a time and spends about ten Redis round trips on each. This worker keeps RQ's
+data model and semantics and changes only how the work is scheduled:
+
+- the main thread takes up to ``concurrency - running`` job ids in one round trip (LMOVE to the queue's
+  intermediate list, as RQ does; a blocking BLMOVE only when nothing is queued), fetches their hashes
+  in one, and registers the whole batch as started in one transaction: each job gets RQ's Execution,
+  its StartedJobRegistry entry and ``started`` status, exactly what RQ writes for one job;
+- ``concurrency`` threads run the jobs through RQ's own ``perform_job`` (so Sentry's RQ integration,
+  exception handlers, failure handling and retries are RQ's);
+- an acknowledging thread writes the successes of all jobs that finished meanwhile in one transaction
+  (finished status, Result, FinishedJobRegistry, execution cleanup, worker counters, history);
+  failures, ``Retry`` results, callbacks, repeats, rate limits and dependents take RQ's own path;
+- ``job_timeout`` is enforced by the main thread: a job past it is failed (and retried per its
+  policy) at once, its thread is given a JobTimeoutException and left behind, and a new thread takes
+  its place, so a hung handler never holds up the others;
+- SIGTERM: no new jobs; running ones get ``shutdown_timeout`` seconds to finish, then are put back at
+  the front of their queue (at-least-once: they run again elsewhere). A second signal does that at once;
+- Redis unreachable, at start or later: the worker backs off with jitter and carries on when Redis is
+  back; finished jobs are acknowledged then (none is left in StartedJobRegistry). It exits only on a
+  signal (or, with ``--burst``, when the queues are empty).
+
+A SIGKILLed worker's running jobs stay in StartedJobRegistry until their heartbeat expires; RQ's
+registry maintenance (run every minute here) then retries them per their policy, and ids a dead worker
+had popped but not yet registered are put back from the intermediate list (see ``_recover_popped``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import FrameType, TracebackType
+from typing import Any
+
+from redis.exceptions import RedisError
+from rq import Queue
+from rq.exceptions import StopRequested
+from rq.executions import Execution
+from rq.job import Job, JobStatus, Retry
+from rq.timeouts import BaseDeathPenalty, JobTimeoutException
+from rq.utils import now
+from rq.worker import BaseWorker, WorkerStatus
+
+from mailroom import history, metrics
+from mailroom.rqworker import record_history
+
+log = logging.getLogger("rq.worker")
+
+DEFAULT_CONCURRENCY = 10
+DEFAULT_SHUTDOWN_TIMEOUT = 25.0
+MAINTENANCE_INTERVAL = 60  # seconds: abandoned jobs of dead workers are found within a minute of expiry
+RECOVER_AFTER = 5.0  # seconds an id may sit popped but unregistered before it is put back in its queue
+WAIT = 1  # seconds the main loop blocks at most while jobs are running (timeouts, heartbeats, stop)
+
+
+class _NoDeathPenalty(BaseDeathPenalty):
+    """RQ wraps each job in a death penalty; SIGALRM only works in the main thread, and a timer thread
+    per job costs more than the job. The main thread enforces ``job_timeout`` instead."""
+
+    def setup_death_penalty(self) -> None:
+        pass
+
+    def cancel_death_penalty(self) -> None:
+        pass
+
+
+@dataclass(eq=False)
+class Running:
+    """One job between its registration as started and its acknowledgement."""
+
+    job: Job
+    queue: Queue
+    execution: Execution
+    deadline: float  # monotonic; inf without a timeout
+    started: float = field(default_factory=time.perf_counter)
+    thread: int | None = None
+    counted: bool = True  # still counted among the executing (a timed-out job stops counting)
+    settled: bool = False  # acknowledged, failed, timed out or put back: nothing else may write it
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def claim(self) -> bool:
+        """True for the first caller only: the one that writes the job's outcome."""
+        with self.lock:
+            if self.settled:
+                return False
+            self.settled = True
+            return True
+
+
+class Backoff:
+    """Exponential back-off with full jitter, capped: 0.5, 1, 2 ... 30 s (each a random part of it)."""
+
+    def __init__(self, first: float = 0.5, cap: float = 30.0) -> None:
+        self.first, self.cap, self.attempt = first, cap, 0
+
+    def next(self) -> float:
+        bound = min(self.cap, self.first * 2**self.attempt)
+        self.attempt += 1
+        return random.uniform(bound / 2, bound)  # noqa: S311 - jitter, not cryptography
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class ThreadWorker(BaseWorker):
+    death_penalty_class = _NoDeathPenalty
+    log_result_lifespan = False
+
+    def __init__(
+        self,
+        queues: Sequence[Queue],
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+        **kwargs: Any,
+    ) -> None:
+        # prepare_for_work=False: RQ would talk to Redis in the constructor (CLIENT SETNAME), and the
+        # worker must start while Redis is away. bootstrap() does it, with retries.
+        super().__init__(queues, prepare_for_work=False, maintenance_interval=MAINTENANCE_INTERVAL, **kwargs)
+        import os
+        import socket
+
+        self.hostname, self.pid = socket.gethostname(), os.getpid()
+        self.concurrency = concurrency
+        self.shutdown_timeout = shutdown_timeout
+        self.last_turn = time.monotonic()  # liveness: the main loop turned (also while Redis is away)
+        self.redis_ok = False  # readiness
+        self._cond = threading.Condition()
+        self._closing = threading.Event()
+        self._blocking = False  # the main thread waits on Redis for a job with nothing running
+        self._tasks: list[Running] = []  # handed to threads, under _cond
+        self._running: dict[str, Running] = {}  # job id -> task, under _cond
+        self._executing = 0  # tasks in threads, under _cond
+        self._done: list[Running] = []  # successes waiting for their acknowledgement, under _cond
+        self._retired: set[int] = set()  # thread idents left behind with a timed-out job
+        self._local = threading.local()
+        self._threads: list[threading.Thread] = []
+        self._cold = False
+        self._stop_at: float | None = None
+        self._popped: dict[str, Queue] = {}  # ids taken from a queue, not yet registered as started
+        self._recover_at: float | None = 0.0  # when to put back what dead workers popped (0: at start)
+        self._suspects: dict[str, set[str]] = {}
+        self._backoff = Backoff()
+        self._last_heartbeats = time.monotonic()
+
+    # ---- start, loop, stop ---------------------------------------------------------------------
+
+    def work(  # type: ignore[override]
+        self,
+        burst: bool = False,
+        logging_level: str | None = None,
+        with_scheduler: bool = True,
+        **_options: Any,
+    ) -> bool:
+        self._install_signal_handlers()
+        if not self._until_redis_answers(lambda: self._start(burst, logging_level, with_scheduler)):
+            return False
+        for _ in range(self.concurrency):
+            self._add_thread()
+        acks = threading.Thread(target=self._acknowledge_loop, name="rq-acks", daemon=True)
+        acks.start()
+        try:
+            while not self._stop_requested:
+                self.last_turn = time.monotonic()
+                try:
+                    more = self._turn(burst)
+                    self.redis_ok = True
+                    self._backoff.reset()
+                except RedisError as exc:
+                    self._redis_away(exc)
+                    continue
+                except StopRequested:
+                    break
+                if not more:
+                    log.info("Worker %s: done, quitting", self.name)
+                    break
+            self._finish_running()
+        finally:
+            self._closing.set()
+            with self._cond:
+                self._cond.notify_all()
+            acks.join(timeout=5)
+            self._until_redis_answers(self.teardown, give_up=5.0)
+        return True
+
+    def _start(self, burst: bool, logging_level: str | None, with_scheduler: bool) -> None:
+        self._set_ip_address(self.connection)
+        self.bootstrap(logging_level)
+        self.redis_ok = True
+        if with_scheduler:
+            self._start_scheduler(burst, logging_level)
+
+    def _until_redis_answers(self, call: Callable[[], None], give_up: float | None = None) -> bool:
+        """Run ``call`` until it gets through to Redis (False if stopped or ``give_up`` s passed)."""
+        deadline = time.monotonic() + give_up if give_up is not None else None
+        while True:
+            self.last_turn = time.monotonic()
+            try:
+                call()
+                return True
+            except RedisError as exc:
+                if self._stop_requested or (deadline is not None and time.monotonic() > deadline):
+                    return False
+                self._redis_away(exc)
+
+    def _redis_away(self, exc: RedisError) -> None:
+        self.redis_ok = False
+        pause = self._backoff.next()
+        log.warning(
+            "Worker %s: Redis unavailable (%s: %s), retrying in %.1f s",
+            self.name,
+            type(exc).__name__,
+            exc,
+            pause,
+        )
+        self._recover_at = time.monotonic() + RECOVER_AFTER  # ids popped meanwhile may be stranded
+        self._sleep(pause)
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._stop_requested and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 0.2))
+            self.last_turn = time.monotonic()
+
+    def _turn(self, burst: bool) -> bool:
+        """One round of the main loop; False when a burst worker has nothing left to do."""
+        self._put_back_popped()
+        if self.should_run_maintenance_tasks:
+            self.run_maintenance_tasks()  # type: ignore[no-untyped-call]
+        self._recover_popped()
+        self._enforce_timeouts()
+        self._maintain_heartbeats()
+        with self._cond:
+            free = self.concurrency - self._executing
+            busy = bool(self._running)
+        if free <= 0:
+            with self._cond:
+                self._cond.wait(WAIT)
+            return True
+        if busy or burst:
+            jobs = self._dequeue(free, block=WAIT if busy else None)
+        else:
+            self.set_state(WorkerStatus.IDLE)
+            self.heartbeat()
+            self._blocking = True  # a signal now raises StopRequested out of the wait
+            try:
+                jobs = self._dequeue(free, block=self.dequeue_timeout)
+            finally:
+                self._blocking = False
+        if jobs:
+            self._start_jobs(jobs)
+            return True
+        return not (burst and not busy)
+
+    def _finish_running(self) -> None:
+        """Warm shutdown: wait for the running jobs up to shutdown_timeout, then put the rest back."""
+        deadline = time.monotonic() + (0 if self._cold else self.shutdown_timeout)
+        with self._cond:
+            if self._running:
+                log.info("Worker %s: waiting for %d running job(s)", self.name, len(self._running))
+            while self._running and not self._cold and time.monotonic() < deadline:
+                self.last_turn = time.monotonic()
+                self._cond.wait(0.2)
+            left = list(self._running.values())
+        if left:
+            self._until_redis_answers(lambda: self._requeue(left), give_up=10.0)
+
+    def _requeue(self, tasks: list[Running]) -> None:
+        """Put unfinished jobs back at the front of their queues (their threads die with the process)."""
+        claimed = [task for task in tasks if task.settled is False and task.claim()]
+        with self.connection.pipeline() as pipe:
+            for task in claimed:
+                self.cleanup_execution(task.job, pipeline=pipe, execution=task.execution)
+                task.job.set_status(JobStatus.QUEUED, pipeline=pipe)
+                task.queue.push_job_id(task.job.id, pipeline=pipe, at_front=True)
+            pipe.execute()
+        for task in claimed:
+            log.warning(
+                "Worker %s: job %s put back in %s unfinished", self.name, task.job.id, task.queue.name
+            )
+            self._forget(task)
+
+    # ---- signals ---------------------------------------------------------------------------------
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        """Warm shutdown; a second signal is a cold one. Only flags here: the loop acts on them."""
+        if self._stop_requested:
+            self._cold = True
+            return
+        self._shutdown_requested_date = now()
+        self._stop_requested = True
+        log.info("Worker %s: warm shut down requested", self.name)
+        if self._blocking:
+            raise StopRequested  # out of a long BLMOVE with nothing running (as RQ's worker does)
+
+    def request_force_stop(self, signum: int, frame: FrameType | None) -> None:
+        self._cold = True
+
+    def _install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGTERM, self.request_stop)
+
+    # ---- taking jobs -----------------------------------------------------------------------------
+
+    def _dequeue(self, n: int, block: int | None) -> list[tuple[Job, Queue]]:
+        """Up to ``n`` jobs: one round trip for the ids, one for their hashes. ``block``: seconds to
+        wait for one when none is queued (None: don't)."""
+        popped: list[tuple[str, Queue]] = []
+        for queue in self._ordered_queues:  # in order: a later queue only gets what is left
+            want = n - len(popped)
+            if want <= 0:
+                break
+            with self.connection.pipeline(transaction=False) as pipe:
+                for _ in range(want):
+                    pipe.lmove(queue.key, queue.intermediate_queue_key)
+                replies = pipe.execute()
+            popped += [(_text(job_id), queue) for job_id in replies if job_id is not None]
+        if not popped and block is not None and not self._stop_requested:
+            popped = self._block_for_one(block)
+        if not popped:
+            return []
+        for job_id, queue in popped:
+            self._popped[job_id] = queue
+        jobs = Job.fetch_many([job_id for job_id, _ in popped], self.connection, self.serializer)
+        found = []
+        for (job_id, queue), job in zip(popped, jobs, strict=True):
+            if job is None:  # deleted meanwhile: RQ skips it too
+                self.connection.lrem(queue.intermediate_queue_key, 1, job_id)
+                self._popped.pop(job_id, None)
+            else:
+                job.redis_server_version = self.get_redis_server_version()  # type: ignore[no-untyped-call]
+                found.append((job, queue))
+        return found
+
+    def _block_for_one(self, timeout: int) -> list[tuple[str, Queue]]:
+        queues = self._ordered_queues
+        if len(queues) == 1:
+            job_id = self.connection.blmove(queues[0].key, queues[0].intermediate_queue_key, timeout)
+            return [(_text(job_id), queues[0])] if job_id is not None else []
+        # Several queues: BLMOVE watches one list, so block on all with BLPOP (as RQ's Worker does) and
+        # record the id in the intermediate list right away.
+        reply = self.connection.blpop([q.key for q in queues], max(1, timeout))
+        if reply is None:
+            return []
+        key, job_id = _text(reply[0]), _text(reply[1])
+        queue = next(q for q in queues if q.key == key)
+        self.connection.rpush(queue.intermediate_queue_key, job_id)
+        return [(job_id, queue)]
+
+    def _start_jobs(self, jobs: list[tuple[Job, Queue]]) -> None:
+        """Register the batch as started (one transaction), then hand it to the threads."""
+        tasks = []
+        with self.connection.pipeline() as pipe:
+            started = now()
+            for job, queue in jobs:
+                ttl = self.get_heartbeat_ttl(job)
+                execution = Execution.create(job, ttl, pipeline=pipe, worker_name=self.name)
+                job.heartbeat(started, ttl, pipeline=pipe)
+                job.prepare_for_execution(self.name, pipeline=pipe)
+                pipe.persist(job.key)
+                pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+                timeout = job.timeout or self.queue_class.DEFAULT_TIMEOUT
+                deadline = time.monotonic() + timeout if timeout and timeout > 0 else float("inf")
+                tasks.append(Running(job, queue, execution, deadline))
+            self.heartbeat(pipeline=pipe)
+            self.set_state(WorkerStatus.BUSY, pipeline=pipe)
+            pipe.execute()
+        with self._cond:
+            for task in tasks:
+                self.executions[task.execution.id] = task.execution
+                self._running[task.job.id] = task
+                self._popped.pop(task.job.id, None)
+            self._executing += len(tasks)
+            self._tasks.extend(tasks)
+            self._cond.notify_all()
+
+    def _put_back_popped(self) -> None:
+        """Ids this worker popped but could not register (Redis went away): back to their queues."""
+        if not self._popped:
+            return
+        with self.connection.pipeline() as pipe:
+            for job_id, queue in self._popped.items():
+                pipe.lrem(queue.intermediate_queue_key, 1, job_id)
+                pipe.lpush(queue.key, job_id)
+            pipe.execute()
+        self._popped.clear()
+
+    def _recover_popped(self) -> None:
+        """Ids in an intermediate list that no worker registered within RECOVER_AFTER seconds (their
+        worker died between LMOVE and registration, or Redis lost its reply): back to their queues.
+        RQ's own maintenance does the same after a minute, but fails them instead of requeueing."""
+        if self._recover_at is None or time.monotonic() < self._recover_at:
+            return
+        stranded: dict[str, set[str]] = {}
+        for queue in self.queues:
+            ids = {_text(i) for i in self.connection.lrange(queue.intermediate_queue_key, 0, -1)}
+            with self._cond:
+                ids -= self._running.keys()
+            started = {job_id for job_id in ids if job_id in queue.started_job_registry}
+            stranded[queue.name] = ids - started
+        if not self._suspects:
+            self._suspects = stranded  # seen once: look again in RECOVER_AFTER seconds
+            self._recover_at = time.monotonic() + RECOVER_AFTER
+            if not any(stranded.values()):
+                self._suspects, self._recover_at = {}, None
+            return
+        for queue in self.queues:
+            for job_id in stranded.get(queue.name, set()) & self._suspects.get(queue.name, set()):
+                with self.connection.pipeline() as pipe:
+                    pipe.lrem(queue.intermediate_queue_key, 1, job_id)
+                    pipe.lpush(queue.key, job_id)
+                    removed, _ = pipe.execute()
+                if not removed:
+                    self.connection.lpop(queue.key)  # someone else took it meanwhile: undo the push
+                else:
+                    log.warning("Worker %s: job %s was popped but never started: put back", self.name, job_id)
+        self._suspects, self._recover_at = {}, None
+
+    # ---- running jobs ----------------------------------------------------------------------------
+
+    def _add_thread(self) -> None:
+        thread = threading.Thread(target=self._thread_loop, name=f"rq-job-{len(self._threads)}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _thread_loop(self) -> None:
+        me = threading.get_ident()
+        while me not in self._retired:
+            with self._cond:
+                while not self._tasks and not self._closing.is_set():
+                    self._cond.wait()
+                if not self._tasks:
+                    return
+                task = self._tasks.pop(0)
+            task.thread = me
+            self._local.task = task
+            try:
+                self.perform_job(task.job, task.queue, task.execution)
+            except BaseException:
+                log.exception("Worker %s: job %s could not be finished", self.name, task.job.id)
+            finally:
+                self._local.task = None
+                self._uncount(task)
+
+    def _uncount(self, task: Running) -> None:
+        with self._cond:
+            if task.counted:
+                task.counted = False
+                self._executing -= 1
+            self._cond.notify_all()
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        """Done for the whole batch in _start_jobs."""
+
+    def _finalize_success(self, job: Job, queue: Queue, execution: Execution, return_value: Any) -> None:
+        task: Running = self._local.task
+        if not task.claim():
+            return  # timed out and failed meanwhile: the late result is dropped
+        if isinstance(return_value, Retry) or _needs_rq_path(job):
+            self._settle_with_rq(
+                task, lambda: super(ThreadWorker, self)._finalize_success(job, queue, execution, return_value)
+            )
+            return
+        job.ended_at = now()
+        job._result = return_value
+        job._status = JobStatus.FINISHED
+        with self._cond:
+            self._done.append(task)
+            self._cond.notify_all()
+
+    def _finalize_failure(
+        self,
+        job: Job,
+        queue: Queue,
+        execution: Execution,
+        exc_info: tuple[type[BaseException] | None, BaseException | None, TracebackType | None],
+    ) -> None:
+        task: Running = self._local.task
+        if not task.claim():
+            return
+        self._settle_with_rq(
+            task, lambda: super(ThreadWorker, self)._finalize_failure(job, queue, execution, exc_info)
+        )
+
+    def _settle_with_rq(self, task: Running, write: Callable[[], None]) -> None:
+        """RQ's own per-job outcome handling, retried while Redis is away."""
+        backoff = Backoff()
+        while True:
+            try:
+                write()
+                break
+            except RedisError as exc:
+                if self._cold:
+                    return
+                pause = backoff.next()
+                log.warning(
+                    "Worker %s: Redis unavailable (%s), job %s outcome in %.1f s",
+                    self.name,
+                    exc,
+                    task.job.id,
+                    pause,
+                )
+                time.sleep(pause)
+        self._observe(task, _outcome(task.job))
+        self._forget(task)
+
+    # ---- acknowledging ---------------------------------------------------------------------------
+
+    def _acknowledge_loop(self) -> None:
+        backoff = Backoff()
+        while True:
+            with self._cond:
+                while not self._done and not self._closing.is_set():
+                    self._cond.wait(0.5)
+                batch, self._done = self._done, []
+            stopping = self._closing.is_set()
+            if batch:
+                while True:
+                    try:
+                        self._acknowledge(batch)
+                        backoff.reset()
+                        break
+                    except RedisError as exc:
+                        if self._cold:
+                            return
+                        pause = backoff.next()
+                        log.warning(
+                            "Worker %s: Redis unavailable (%s), %d result(s) in %.1f s",
+                            self.name,
+                            exc,
+                            len(batch),
+                            pause,
+                        )
+                        time.sleep(pause)
+            elif stopping:
+                return
+
+    def _acknowledge(self, batch: list[Running]) -> None:
+        """RQ's handle_job_success for many jobs in one transaction (jobs with dependents: RQ's own)."""
+        with self.connection.pipeline(transaction=False) as pipe:
+            for task in batch:
+                pipe.exists(task.job.dependents_key)
+            has_dependents = pipe.execute()
+        plain = [task for task, dependents in zip(batch, has_dependents, strict=True) if not dependents]
+        with self.connection.pipeline() as pipe:
+            for task in plain:
+                job = task.job
+                assert job.started_at is not None and job.ended_at is not None
+                self.increment_successful_job_count(pipeline=pipe)
+                self.increment_total_working_time(job.ended_at - job.started_at, pipe)
+                result_ttl = job.get_result_ttl(self.default_result_ttl)
+                if result_ttl != 0:
+                    job._handle_success(
+                        result_ttl,
+                        pipeline=pipe,
+                        worker_name=self.name,
+                        execution_id=task.execution.id,
+                        execution_started_at=task.execution.created_at,
+                        execution_ended_at=job.ended_at,
+                    )
+                job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
+                job._status = JobStatus.FINISHED
+                self.cleanup_execution(job, pipeline=pipe, execution=task.execution)
+                history.set_status(pipe, job.id, _handled(job))
+            with self._cond:
+                idle = len(self._running) == len(batch)
+            if idle:
+                self.set_state(WorkerStatus.IDLE, pipeline=pipe)
+            pipe.execute()
+        for task in batch:
+            if task not in plain:
+                self.handle_job_success(task.job, task.queue, task.queue.started_job_registry, task.execution)
+            self._observe(task, "succeeded")
+            self._forget(task)
+
+    def _observe(self, task: Running, outcome: str) -> None:
+        metrics.JOB_SECONDS.labels(task.queue.name).observe(time.perf_counter() - task.started)
+        metrics.JOBS.labels(task.queue.name, outcome).inc()
+        if outcome != "succeeded":
+            try:
+                record_history(task.job, outcome)
+            except RedisError:
+                pass
+
+    def _forget(self, task: Running) -> None:
+        with self._cond:
+            self._running.pop(task.job.id, None)
+            self.executions.pop(task.execution.id, None)
+            self._cond.notify_all()
+
+    # ---- timeouts and heartbeats -----------------------------------------------------------------
+
+    def _enforce_timeouts(self) -> None:
+        moment = time.monotonic()
+        with self._cond:
+            late = [t for t in self._running.values() if t.deadline < moment and not t.settled]
+        for task in late:
+            if not task.claim():
+                continue
+            timeout = task.job.timeout or self.queue_class.DEFAULT_TIMEOUT
+            if task.thread is not None:
+                self._retired.add(task.thread)
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(task.thread), ctypes.py_object(JobTimeoutException)
+                )
+                self._add_thread()
+            self._uncount(task)
+            task.job.ended_at = now()
+            exc_string = f"JobTimeoutException: Task exceeded maximum timeout value ({timeout} seconds)"
+            log.warning(
+                "Worker %s: job %s exceeded its timeout (%s s), failed", self.name, task.job.id, timeout
+            )
+            task.job._status = JobStatus.FAILED
+            self.handle_job_failure(task.job, task.queue, exc_string=exc_string, execution=task.execution)
+            self._observe(task, _outcome(task.job))
+            self._forget(task)
+
+    def _maintain_heartbeats(self) -> None:
+        if time.monotonic() - self._last_heartbeats < self.job_monitoring_interval:
+            return
+        with self._cond:
+            running = [t for t in self._running.values() if not t.settled]
+        for task in running:
+            self.maintain_heartbeats(task.job, task.execution)
+        self.heartbeat()
+        self._last_heartbeats = time.monotonic()
+
+
+def _needs_rq_path(job: Job) -> bool:
+    """Features the batched acknowledgement does not write: RQ's own success path handles them."""
+    return bool(job.success_callback or job.repeats_left or job.has_rate_limit or job.webhooks)
+
+
+def _outcome(job: Job) -> str:
+    status = job.get_status(refresh=False)
+    if status == JobStatus.FINISHED:
+        return "succeeded"
+    if status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
+        return "retried"
+    return "failed"
+
+
+def _handled(job: Job) -> history.Status:
+    value = job._result
+    if isinstance(value, dict) and value.get("skipped") == "auto_reply":
+        return history.Status.SKIPPED
+    return history.Status.HANDLED
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,168 @@
+"""The threaded worker (mailroom.threadworker) against a real Redis: RQ's registries and semantics kept,
+jobs run concurrently, a hung handler does not hold up the others, async handlers run on one loop."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
+from rq.serializers import JSONSerializer
+
+from devstack import make_message
+from mailroom import history
+from mailroom.config import Settings, load_settings
+from mailroom.queue import MailQueue, connect
+from mailroom.schema import JobPayload
+from mailroom.threadworker import ThreadWorker
+from tests.support import handled, queue, write_config
+from tests.worker_handlers import CALLS_KEY
+from workers import jobs
+
+pytestmark = pytest.mark.integration
+
+
+def _settings(
+    tmp_path: Path, redis_url: str, handler: str = "tests.worker_handlers:behave", **top: Any
+) -> Settings:
+    mailbox = {
+        "name": "support", "host": "127.0.0.1", "security": "none", "username": "u", "password": "p",
+        "handler": handler, "retries": top.pop("retries", []),
+    }  # fmt: skip
+    settings = load_settings(write_config(tmp_path / "c.yml", redis_url, mailbox, **top))
+    jobs.configure(settings)
+    return settings
+
+
+def enqueue(settings: Settings, keys: list[str]) -> list[str]:
+    mailbox = settings.mailboxes[0]
+    payloads = []
+    for uid, key in enumerate(keys, 1):
+        raw = make_message(uid)
+        payloads.append(
+            JobPayload(
+                mailbox=mailbox.name,
+                source="imap",
+                uidvalidity=1,
+                uid=uid,
+                received_at="2026-11-25T00:00:00+00:00",
+                size=len(raw),
+                truncated=False,
+                message_id=f"m{uid}@test",
+                key=key,
+                key_header="To",
+                from_address="a@example.com",
+                subject="s",
+                auto_reply=False,
+                bounce=False,
+                parse_error=None,
+                raw=raw,
+            )
+        )
+    results = MailQueue(connect(settings.redis_url), settings).enqueue_batch(mailbox, payloads)
+    return [r.job_id for r in results]
+
+
+def worker(settings: Settings, concurrency: int = 10) -> ThreadWorker:
+    connection = redis.Redis.from_url(settings.redis_url)
+    return ThreadWorker(
+        [queue(settings.redis_url)], connection=connection, serializer=JSONSerializer, concurrency=concurrency
+    )
+
+
+@pytest.fixture(autouse=True)
+def _environment_settings_after():
+    yield
+    jobs.configure(None)
+
+
+def test_jobs_run_concurrently_and_end_as_rq_would_record_them(tmp_path, redis_url):
+    settings = _settings(tmp_path, redis_url)
+    ids = enqueue(settings, [f"sleep-0.5-{i}" for i in range(10)] + [f"now-{i}" for i in range(40)])
+    started = time.monotonic()
+    worker(settings, concurrency=10).work(burst=True)
+    took = time.monotonic() - started
+    assert took < 4.0, took  # one at a time: over 5 s of sleeping alone
+    q = queue(redis_url)
+    assert sorted(FinishedJobRegistry(queue=q).get_job_ids()) == sorted(ids)
+    assert StartedJobRegistry(queue=q).get_job_ids() == []
+    assert len(q) == 0
+    for job in Job.fetch_many(ids, q.connection, serializer=JSONSerializer):
+        assert job is not None and job.get_status() == JobStatus.FINISHED
+        result = job.latest_result()
+        assert result is not None and result.return_value == {"handled": True, "result": "recorded"}
+    assert len(handled(redis_url)) == 50
+    client = redis.Redis.from_url(redis_url)
+    threads = {item.decode().split("|")[2] for item in client.lrange(CALLS_KEY, 0, -1)}
+    assert len(threads) > 1
+    record = history.get(client, ids[0])
+    assert record is not None and record.status == history.Status.HANDLED  # updated with the batch
+
+
+def test_a_failing_handler_is_retried_then_failed_with_its_raw_message(tmp_path, redis_url):
+    settings = _settings(tmp_path, redis_url, retries=[0])
+    (failing,) = enqueue(settings, ["fail-1"])
+    worker(settings).work(burst=True)  # the first try, and its retry (delay 0: queued again at once)
+    q = queue(redis_url)
+    failed = FailedJobRegistry(queue=q)
+    assert failed.get_job_ids() == [failing]
+    job = q.fetch_job(failing)
+    assert job.get_status() == JobStatus.FAILED
+    assert "handler failed on fail-1" in (job.latest_result().exc_string or "")
+    assert StartedJobRegistry(queue=q).get_job_ids() == []
+    client = redis.Redis.from_url(redis_url)
+    assert client.llen(CALLS_KEY) == 2
+
+
+def test_a_hung_handler_times_out_without_holding_up_the_others(tmp_path, redis_url):
+    settings = _settings(tmp_path, redis_url, job_timeout=2)
+    ids = enqueue(settings, ["hang-1"] + [f"sleep-0.2-{i}" for i in range(20)])
+    started = time.monotonic()
+    worker(settings, concurrency=2).work(burst=True)
+    took = time.monotonic() - started
+    q = queue(redis_url)
+    assert FailedJobRegistry(queue=q).get_job_ids() == [ids[0]]
+    assert "timeout" in (q.fetch_job(ids[0]).latest_result().exc_string or "").lower()
+    assert sorted(FinishedJobRegistry(queue=q).get_job_ids()) == sorted(ids[1:])
+    assert StartedJobRegistry(queue=q).get_job_ids() == []
+    assert took < 10, took  # 20 x 0.2 s on the one other thread, plus the 2 s timeout
+
+
+def test_async_handlers_run_concurrently_on_one_loop(tmp_path, redis_url):
+    settings = _settings(tmp_path, redis_url, handler="tests.worker_handlers:async_record")
+    ids = enqueue(settings, [f"sleep-0.5-{i}" for i in range(10)])
+    started = time.monotonic()
+    worker(settings, concurrency=10).work(burst=True)
+    assert time.monotonic() - started < 4.0
+    assert sorted(FinishedJobRegistry(queue=queue(redis_url)).get_job_ids()) == sorted(ids)
+    assert len(handled(redis_url)) == 10
+
+
+def test_stop_waits_for_running_jobs_and_puts_back_what_outlives_the_timeout(tmp_path, redis_url):
+    settings = _settings(tmp_path, redis_url)
+    ids = enqueue(settings, ["sleep-0.5-1", "hang-2"] + [f"later-{i}" for i in range(5)])
+    w = worker(settings, concurrency=2)
+    w.shutdown_timeout = 2.0
+    client = redis.Redis.from_url(redis_url)
+
+    def stop_when_both_run() -> None:
+        deadline = time.monotonic() + 20
+        while client.llen(CALLS_KEY) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        w.request_stop(15, None)  # what SIGTERM calls
+
+    threading.Thread(target=stop_when_both_run, daemon=True).start()
+    started = time.monotonic()
+    w.work()  # in the main thread: it installs the signal handlers
+    assert time.monotonic() - started < 15
+    q = queue(redis_url)
+    assert FinishedJobRegistry(queue=q).get_job_ids() == [ids[0]]  # finished within the grace
+    assert StartedJobRegistry(queue=q).get_job_ids() == []  # none left "started"
+    assert q.get_job_ids()[0] == ids[1]  # the hung one is back at the front
+    assert q.fetch_job(ids[1]).get_status() == JobStatus.QUEUED
+    assert len(q) == 6
