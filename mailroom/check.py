@@ -206,4 +206,8 @@ def run_checks(settings: Settings, connection: redis.Redis) -> Iterator[Result]:
             yield from check_graph_mailbox(mailbox)
         else:
             yield from check_mailbox(mailbox)
+    if any(getattr(mailbox, "webhook", None) is not None for mailbox in settings.mailboxes):
+        from mailroom.webhook_check import check_webhooks  # httpx: only when a webhook is configured
+
+        yield from check_webhooks(settings)
     yield from check_redis(settings, connection)
