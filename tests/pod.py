@@ -424,8 +424,10 @@ class Pod:
     forwarders: list[Forwarder]
     spec: PodSpec
 
-    def exec(self, argv: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        """``argv`` inside the running container (its namespaces, user, environment): docker exec."""
+    def exec(
+        self, argv: Sequence[str], timeout: float = 60, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """``argv`` inside the running container (its namespaces, user, environment): kubectl exec."""
         return subprocess.run(
             [
                 "nsenter",
@@ -435,6 +437,7 @@ class Pod:
                 "--wd=/",
                 *as_container_user(self.spec, argv),
             ],
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -223,6 +223,16 @@ def test_deployment_starts_gets_ready_and_stops_on_sigterm(name, servers, tmp_pa
             metrics = running.get(_container_port(container, "http"), "/metrics").decode()
             assert f'mailroom_mailbox_watching{{mailbox="{mailbox["name"]}"}} 1.0' in metrics
             assert "mailroom_redis_up 1.0" in metrics
+        else:
+            # the pod does its job: a message injected with kubectl-exec-style `mailroom inject -` is handled
+            message = make_message(2, to="incoming+key-2@example.com").decode()
+            injected = running.exec([spec.argv[0], "inject", "-"], stdin=message)
+            assert injected.returncode == 0, injected.stdout + injected.stderr
+            deadline = time.monotonic() + 60
+            while "email_handled" not in running.log():
+                assert time.monotonic() < deadline, f"not handled:\n{running.log()}"
+                time.sleep(0.3)
+            assert "key-2" in running.log()
         grace = float(container["_grace"])
         started = time.monotonic()
         code = running.stop(grace)
