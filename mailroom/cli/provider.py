@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from mailroom.cli.base import cli, load_or_exit
+from mailroom.cli.output import WIDTH, clean, cut
 
 
 @cli.command()
@@ -95,8 +96,9 @@ def list_(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in records], indent=2))
         return
-    for r in records:
-        click.echo(f"{r.address}\t{r.reason}\t{r.code or '-'}\t{r.created_at}\t{r.source}")
+    for r in records:  # tab-separated, one record a line, for cut and awk
+        fields = (r.address, r.reason, r.code or "-", r.created_at, r.source)
+        click.echo("\t".join(clean(field) for field in fields))
     click.echo(f"{len(records)} suppressed", err=True)
 
 
@@ -190,10 +192,11 @@ def check(
         )
     else:
         for c in checks:
-            found = ", ".join(c.found) if c.found else "-"
-            click.echo(f"{c.record:<6} {c.name:<40} {c.status.value:<8} {found}")
+            found = clean(", ".join(c.found)) if c.found else "-"
+            line = f"{c.record:<6} {clean(c.name):<40} {c.status.value:<8} "
+            click.echo(line + cut(found, max(WIDTH - len(line), 20)))
             if c.status is not Status.OK:
-                click.echo(f"       expected: {c.expected}")
+                click.echo(cut(f"       expected: {clean(c.expected)}", WIDTH))
         if warning:
             click.echo(warning, err=True)
     if not ok:
