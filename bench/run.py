@@ -41,8 +41,10 @@ class Plan:
     big_size: int = 25 * MIB
     scaling_done: tuple[int, ...] = (0, 10_000, 100_000)
     scaling_new: int = 1_000
-    worker_jobs: int = 300
+    worker_jobs: int = 3_000
+    rq_jobs: int = 300  # RQ's stock workers run some tens of jobs a second: fewer jobs for them
     worker_processes: tuple[int, ...] = (1, 2)
+    webhook_delay: float = 0.02
     only: tuple[str, ...] = field(default=("drain", "idle", "big", "scaling", "workers"))
 
 
@@ -54,7 +56,8 @@ QUICK = Plan(
     big_size=5 * MIB,
     scaling_done=(0, 10_000),
     scaling_new=500,
-    worker_jobs=60,
+    worker_jobs=600,
+    rq_jobs=60,
 )
 CONTENDERS = ("mailroom", "raw")
 
@@ -139,14 +142,26 @@ def run(plan: Plan, stack: scenarios.Stack, say: Callable[[str], None] = print) 
             record(f"scaling_{done}", runs, ratios)
 
     if "workers" in plan.only:
-        for procs in plan.worker_processes:
-            runs = {"mailroom": [], "rq_noop": []}
-            for r in range(plan.rounds):
-                for kind in _alternate(r, ("mailroom", "rq_noop")):
-                    say(f"workers x{procs}: round {r + 1}/{plan.rounds} {kind}")
-                    runs[kind].append(scenarios.workers(stack, kind, procs, plan.worker_jobs))
-            ratios = {"jobs_per_s": _paired(runs["mailroom"], runs["rq_noop"], "jobs_per_s")}
-            record(f"workers_{procs}", runs, ratios)
+        kinds: dict[str, Callable[[], dict[str, Any]]] = {
+            "floor": lambda: scenarios.floor(stack, plan.worker_jobs),
+            "log_1": lambda: scenarios.workers(stack, "mailroom", 1, plan.worker_jobs),
+            "log_2": lambda: scenarios.workers(stack, "mailroom", 2, plan.worker_jobs),
+            "webhook_slow": lambda: scenarios.workers(
+                stack, "mailroom", 1, plan.worker_jobs, "webhook", plan.webhook_delay
+            ),
+            "webhook_instant": lambda: scenarios.workers(
+                stack, "mailroom", 1, plan.worker_jobs, "webhook", 0
+            ),
+            "rq_worker": lambda: scenarios.workers(stack, "rq_noop", 1, plan.rq_jobs),
+            "rq_simple": lambda: scenarios.workers(stack, "rq_simple", 1, plan.rq_jobs),
+        }
+        runs = {k: [] for k in kinds}
+        for r in range(plan.rounds):
+            for kind in _alternate(r, tuple(kinds)):
+                say(f"workers {kind}: round {r + 1}/{plan.rounds}")
+                runs[kind].append(kinds[kind]())
+        ratios = {k: _paired(runs[k], runs["floor"], "jobs_per_s") for k in kinds if k != "floor"}
+        record("workers", runs, ratios)
     return out
 
 
@@ -255,13 +270,27 @@ def table(results: dict[str, Any], plan: Plan) -> str:
                 _fmt(ratios["per_msg_vs_raw"], digits=2))  # fmt: skip
             row("   vs D = 0", _fmt(ratios["mailroom_per_msg_vs_empty"], digits=2),
                 _fmt(ratios["raw_per_msg_vs_empty"], digits=2))  # fmt: skip
-        elif name.startswith("workers_"):
-            procs = name[8:]
-            if name == next(k for k in results if k.startswith("workers_")):
-                n = data["runs"]["mailroom"][0]["n"]
-                section(f"5. Workers: jobs/s, {n} jobs, burst", "mailroom (log)", "rq no-op", "mailroom/rq")
-            mailroom_rate, rq_rate = _fmt(s["mailroom"]["jobs_per_s"]), _fmt(s["rq_noop"]["jobs_per_s"])
-            row(f"{procs} worker process(es)", mailroom_rate, rq_rate, _fmt(ratios["jobs_per_s"], digits=2))
+        elif name == "workers":
+            n = data["runs"]["log_1"][0]["n"]
+            section(
+                f"5. Workers: jobs/s until {n} queued jobs are handled (burst; RQ's stock workers: "
+                f"{data['runs']['rq_worker'][0]['n']} no-op jobs)",
+                "jobs/s",
+                "x floor",
+                "peak RSS per process, MB",
+            )
+            for key, label in (
+                ("floor", "bare consumer (floor)"),
+                ("log_1", "log, 1 process"),
+                ("log_2", "log, 2 processes"),
+                ("webhook_slow", "webhook 20 ms, 1 process"),
+                ("webhook_instant", "webhook instant, 1 proc"),
+                ("rq_worker", "RQ Worker (fork), no-op"),
+                ("rq_simple", "RQ SimpleWorker, no-op"),
+            ):
+                rss = s[key].get("peak_rss")
+                ratio = _fmt(ratios[key], digits=3) if key in ratios else ""
+                row(label, _fmt(s[key]["jobs_per_s"]), ratio, _fmt(rss, MB, 1) if rss else "")
     return "\n".join(lines)
 
 

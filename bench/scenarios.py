@@ -319,31 +319,83 @@ def _job_span(connection: redis.Redis, job_ids: list[str]) -> tuple[int, float]:
     return finished, (max(ends) - min(starts)) if starts else 0.0
 
 
-def workers(stack: Stack, kind: str, processes: int, n: int) -> dict[str, Any]:
-    """Scenario 5: ``n`` jobs through ``processes`` burst workers: mailroom's (log handler) or RQ's no-op."""
+def _enqueue_mailroom(stack: Stack, n: int, **mailbox: Any) -> tuple[Path, list[str]]:
+    from mailroom.app import to_payload
+    from mailroom.config import load_settings
+    from mailroom.imap.session import FetchedMessage
+    from mailroom.keys import AddressTemplate
+    from mailroom.queue import MailQueue
+
+    target = stack.target(next(iter(stack.dovecot.users)))
+    config = mailroom_config(target, stack.workdir / "worker.yml", **mailbox)
+    settings = load_settings(config)
+    box = settings.mailboxes[0]
+    template = AddressTemplate.parse(box.address)
+    queue = MailQueue(stack.redis, settings)
+    job_ids = []
+    for start_uid in range(0, n, 200):
+        batch = [
+            to_payload(box.name, FetchedMessage(1, uid + 1, raw, len(raw), None), template)
+            for uid, raw in enumerate(messages.messages(min(200, n - start_uid), start_uid), start_uid)
+        ]
+        job_ids += [r.job_id for r in queue.enqueue_batch(box, batch)]
+    return config, job_ids
+
+
+def floor(stack: Stack, n: int) -> dict[str, Any]:
+    """The bare consumer: LPOP an id, HGET its data, JSON and Base64 decode; nothing else."""
+    import base64
+    import json
+
+    stack.reset_redis()
+    _enqueue_mailroom(stack, n)
+    connection = stack.redis
+    key = "rq:queue:incoming_email"
+    started = time.perf_counter()
+    done = 0
+    while (job_id := connection.lpop(key)) is not None:
+        data = connection.hget(b"rq:job:" + job_id, "data")
+        args = json.loads(data)
+        base64.b64decode(args[2][0]["raw"] if isinstance(args, list) else args["args"][0]["raw"])
+        done += 1
+    seconds = time.perf_counter() - started
+    return {"n": n, "jobs": done, "seconds": seconds, "jobs_per_s": done / seconds}
+
+
+def _peak_rss(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def workers(
+    stack: Stack, kind: str, processes: int, n: int, handler: str = "log", delay: float | None = None
+) -> dict[str, Any]:
+    """Scenario 5: ``n`` jobs through ``processes`` burst workers: mailroom's (``handler``: log, or
+    webhook to a local receiver answering after ``delay`` s), or RQ's stock Worker / SimpleWorker on
+    a no-op job (kind ``rq_noop`` / ``rq_simple``)."""
     stack.reset_redis()
     connection = stack.redis
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    receiver = None
     if kind == "mailroom":
-        from mailroom.app import to_payload
-        from mailroom.config import load_settings
-        from mailroom.imap.session import FetchedMessage
-        from mailroom.keys import AddressTemplate
-        from mailroom.queue import MailQueue
-
-        target = stack.target(next(iter(stack.dovecot.users)))
-        config = mailroom_config(target, stack.workdir / "worker.yml")
-        settings = load_settings(config)
-        mailbox = settings.mailboxes[0]
-        template = AddressTemplate.parse(mailbox.address)
-        queue = MailQueue(connection, settings)
-        job_ids = []
-        for start_uid in range(0, n, 200):
-            batch = [
-                to_payload(mailbox.name, FetchedMessage(1, uid + 1, raw, len(raw), None), template)
-                for uid, raw in enumerate(messages.messages(min(200, n - start_uid), start_uid), start_uid)
-            ]
-            job_ids += [r.job_id for r in queue.enqueue_batch(mailbox, batch)]
+        mailbox: dict[str, Any] = {"handler": handler}
+        if handler == "webhook":
+            port = _free_port()
+            receiver = subprocess.Popen(
+                [sys.executable, "-m", "bench.receiver", "--port", str(port), "--delay", str(delay or 0)],
+                stdout=subprocess.PIPE, cwd=REPO, env=env,
+            )  # fmt: skip
+            assert receiver.stdout is not None
+            receiver.stdout.readline()
+            secret = stack.workdir / "webhook-secret"
+            secret.write_text("c2VjcmV0LWtleS1mb3ItdGhlLWJlbmNo\n")
+            mailbox["webhook"] = {"url": f"http://127.0.0.1:{port}/incoming", "secret_file": str(secret)}
+        config, job_ids = _enqueue_mailroom(stack, n, **mailbox)
         argv = [*mailroom_argv(), "--config", str(config), "worker", "--burst"]
     else:
         rq_queue = Queue(NOOP_QUEUE, connection=connection, serializer=JSONSerializer)
@@ -359,16 +411,41 @@ def workers(stack: Stack, kind: str, processes: int, n: int) -> dict[str, Any]:
             "--serializer",
             "json",
         ]
+        if kind == "rq_simple":
+            argv += ["-w", "rq.worker.SimpleWorker"]
         argv += ["--url", stack.redis_server.url, "--path", str(REPO), NOOP_QUEUE]
     logs = [stack.workdir / f"worker-{kind}-{i}.log" for i in range(processes)]
     procs = []
     for log in logs:
         with log.open("wb") as out:
             procs.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env))
-    for proc in procs:
-        proc.wait(timeout=max(120.0, n / 5))
+    peak = dict.fromkeys(range(processes), 0)
+    deadline = time.monotonic() + max(120.0, n / 5)
+    try:
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            for i, proc in enumerate(procs):
+                peak[i] = max(peak[i], _peak_rss(proc.pid))
+            time.sleep(0.05)
+        for proc in procs:
+            proc.wait(timeout=10)
+    finally:
+        if receiver is not None:
+            receiver.terminate()
+            receiver.wait()
     finished, span = _job_span(connection, job_ids)
     if finished != n:
         tail = logs[0].read_text(errors="replace")[-2000:]
         raise RuntimeError(f"{kind} workers finished {finished} of {n} jobs:\n{tail}")
-    return {"n": n, "processes": processes, "jobs": finished, "seconds": span, "jobs_per_s": n / span}
+    return {
+        "n": n, "processes": processes, "jobs": finished, "seconds": span, "jobs_per_s": n / span,
+        "peak_rss": max(peak.values()),
+    }  # fmt: skip
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

@@ -26,6 +26,7 @@ TINY = Plan(
     scaling_done=(50,),
     scaling_new=30,
     worker_jobs=8,
+    rq_jobs=4,
     worker_processes=(1,),
 )
 
@@ -43,7 +44,7 @@ def test_every_scenario_runs_and_counts_match() -> None:
             stack = scenarios.Stack(dovecot, redis_server, root)
             results: dict[str, Any] = run(TINY, stack, say=lambda line: None)
 
-    expected = {"drain_60", "idle", "big", "scaling_50", "workers_1"}
+    expected = {"drain_60", "idle", "big", "scaling_50", "workers"}
     assert set(results) == expected
     for name, data in results.items():
         assert set(data) == {"runs", "summary", "ratios"}, name
@@ -55,6 +56,14 @@ def test_every_scenario_runs_and_counts_match() -> None:
         assert results["idle"]["runs"][contender][0]["missed_wakeups"] == 0
         assert results["big"]["runs"][contender][0]["size"] >= TINY.big_size
         assert results["scaling_50"]["runs"][contender][0]["done"] == 50
-    assert set(results["workers_1"]["runs"]) == {"mailroom", "rq_noop"}
+    assert set(results["workers"]["runs"]) == {
+        "floor",
+        "log_1",
+        "log_2",
+        "webhook_slow",
+        "webhook_instant",
+        "rq_worker",
+        "rq_simple",
+    }
     assert "marked_per_s" in results["drain_60"]["ratios"]
     print(table(results, TINY))
