@@ -15,6 +15,7 @@ import ipaddress
 import json
 import os
 import re
+import shlex
 import sys
 from collections.abc import Callable, Mapping
 from enum import StrEnum
@@ -371,6 +372,56 @@ class _Mailbox(_Model):
         return []
 
 
+# Extra SEARCH keys a mailbox may give (RFC 3501 6.4.4): each only narrows which messages are offered,
+# by what the message is, so a message that does not match now never matches later by chance.
+_SEARCH_ARGS = {
+    **dict.fromkeys(("ALL", "UNSEEN", "ANSWERED", "UNANSWERED", "FLAGGED", "UNFLAGGED", "DRAFT"), 0),
+    **dict.fromkeys(("UNDRAFT", "UNDELETED"), 0),
+    **dict.fromkeys(("FROM", "TO", "CC", "BCC", "SUBJECT", "BODY", "TEXT", "KEYWORD", "UNKEYWORD"), 1),
+    **dict.fromkeys(("SINCE", "BEFORE", "ON", "SENTSINCE", "SENTBEFORE", "SENTON"), 1),
+    **dict.fromkeys(("LARGER", "SMALLER", "X-GM-RAW"), 1),
+    "HEADER": 2,
+}
+_SEARCH_REFUSED = {
+    **dict.fromkeys(
+        ("NEW", "OLD", "RECENT"),
+        "\\Recent is given to one session only: mail another session saw first would never match and "
+        "would wait in the folder forever; use UNSEEN",
+    ),
+    **dict.fromkeys(
+        ("SEEN", "DELETED"), "mailroom marks handled mail \\Seen or \\Deleted: only done mail would match"
+    ),
+    **dict.fromkeys(("NOT", "OR", "UID"), "only plain keys, all ANDed, are allowed (no NOT, OR or UID sets)"),
+}
+
+
+def search_keys(value: str) -> list[str]:
+    """``search:`` -> SEARCH criteria, or ValueError naming the first key refused and why."""
+    try:
+        tokens = shlex.split(value)
+    except ValueError as exc:
+        raise ValueError(f"cannot be split into SEARCH keys: {exc}") from None
+    if not value.isascii():
+        raise ValueError("must be ASCII (SEARCH is sent without CHARSET)")
+    out: list[str] = []
+    i = 0
+    while i < len(tokens):
+        key = tokens[i].upper()
+        if key in _SEARCH_REFUSED:
+            raise ValueError(f"{key}: {_SEARCH_REFUSED[key]}")
+        if key not in _SEARCH_ARGS:
+            raise ValueError(
+                f"{tokens[i]!r} is not a SEARCH key mailroom accepts ({', '.join(_SEARCH_ARGS)})"
+            )
+        count = _SEARCH_ARGS[key]
+        args = tokens[i + 1 : i + 1 + count]
+        if len(args) != count:
+            raise ValueError(f"{key} needs {count} argument(s)")
+        out += [key, *args]
+        i += 1 + count
+    return out
+
+
 class ImapMailbox(_Mailbox):
     """A mailbox on an IMAP server: IDLE (or polling) over one connection, password or OAuth2 login."""
 
@@ -392,6 +443,27 @@ class ImapMailbox(_Mailbox):
         ge=0,
         description="renew IDLE this often (0: at idle_timeout only); the round trip detects dead links",
     )
+    expunge_deleted: bool = Field(
+        default=True,
+        description="after_delivery delete (or move without MOVE): UID EXPUNGE the batch; false: leave it "
+        "flagged \\Deleted for the server's own expunge policy",
+    )
+    search: str | None = Field(
+        default=None,
+        description="extra IMAP SEARCH keys ANDed with mailroom's own (which find the mail not yet done)",
+    )
+
+    @field_validator("search")
+    @classmethod
+    def _search(cls, value: str | None) -> str | None:
+        if value is not None:
+            search_keys(value)  # raises ValueError naming the key that is refused and why
+        return value
+
+    @property
+    def search_criteria(self) -> list[str]:
+        """``search`` as imapclient SEARCH criteria (each item quoted by imapclient where needed)."""
+        return search_keys(self.search) if self.search else []
 
     @property
     def effective_port(self) -> int:

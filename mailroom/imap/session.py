@@ -208,11 +208,12 @@ class ImapSession:
         """UIDs of the messages not yet done, by a server-side SEARCH.
 
         With after_delivery: seen, done means \\Seen; with delete or move, done messages leave the
-        folder, so every message still in it (and not flagged \\Deleted) is pending.
+        folder, so every message still in it (and not flagged \\Deleted) is pending. The mailbox's
+        ``search`` keys are ANDed in: they narrow what is offered, never widen it.
         """
         action, _ = self.config.after_delivery_action
         criteria = ["UNSEEN", "UNDELETED"] if action is AfterDeliveryAction.SEEN else ["UNDELETED"]
-        criteria += ["UNKEYWORD", PARKED]
+        criteria += ["UNKEYWORD", PARKED, *self.config.search_criteria]  # the mailbox's search: narrows
         with _translated("UID SEARCH"):
             self._pipeline.drain()  # first: what it announces is covered by this SEARCH
             self._forget_activity()
@@ -345,7 +346,7 @@ class ImapSession:
                 # UID EXPUNGE removes exactly these. A plain EXPUNGE would also remove every message another
                 # client flagged \\Deleted (its own undo window), so without UIDPLUS ours stay flagged
                 # \\Deleted (no SEARCH offers them again) until the server or its owner expunges.
-                if b"UIDPLUS" in self.capabilities:
+                if self.config.expunge_deleted and b"UIDPLUS" in self.capabilities:
                     self._client.uid_expunge(uid_list)
 
     # -- waiting -------------------------------------------------------------------------------------

@@ -198,7 +198,7 @@ def _redis_url(options: Options, converter: Converter, report: Report) -> str:
 _ORDER = (
     "name", "kind", "host", "port", "security", "allow_insecure", "verify", "ca_file", "username",
     "password_file", "folder", "graph", "address", "queue", "handler", "webhook", "after_delivery",
-    "idle_timeout", "poll_interval",
+    "expunge_deleted", "search", "idle_timeout", "poll_interval",
 )  # fmt: skip
 
 

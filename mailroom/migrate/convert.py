@@ -14,7 +14,7 @@ from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from mailroom.config import MAX_IDLE_TIMEOUT, clear_text_off_loopback
+from mailroom.config import MAX_IDLE_TIMEOUT, clear_text_off_loopback, search_keys
 from mailroom.migrate.erb import PLACEHOLDER, EnvRef, ErbValue, FileRef
 from mailroom.migrate.notes import Report, Severity
 
@@ -158,7 +158,7 @@ class Converter:
             self._imap(box, out, where, email, folder)
         out["address"] = self._address(address, email, where)
         self._after_delivery(box, out, where, graph)
-        self._search(box, where, graph)
+        self._search(box, out, where, graph)
         self._delivery(box, out, where)
         self._arbitration(box, where)
         self._logger(box, where)
@@ -310,34 +310,38 @@ class Converter:
                 self.report.note(where, "expunge_deleted", Severity.DROPPED, "nothing is deleted")
             return
         out["after_delivery"] = "delete"
+        if not graph and not expunge:
+            out["expunge_deleted"] = False  # flagged \Deleted, expunged by the server's policy, as before
+
+    def _search(self, box: dict[str, Any], out: dict[str, Any], where: str, graph: bool) -> None:
+        command = box.get("search_command", _DEFAULTS["search_command"])
         if graph:
             return
-        if expunge:
-            self.report.note(
-                where, "expunge_deleted", Severity.CHANGED, "on: mailroom expunges what it deletes"
-            )
-        else:
+        command = " ".join(str(self.plain(command, where, "search_command")).split())
+        deletes = out.get("after_delivery") == "delete"
+        if command.upper() == "UNSEEN":
+            # With seen, UNSEEN is what mailroom looks for anyway; deleting, it would also take mail a
+            # person had read, which mail_room's UNSEEN left alone.
+            if deletes:
+                out["search"] = "UNSEEN"
+            return
+        if command.upper() == "NEW":
+            out["search"] = "UNSEEN"
             self.report.note(
                 where,
-                "expunge_deleted",
+                "search_command",
                 Severity.CHANGED,
-                "off in mail_room (deleted messages stayed, flagged \\Deleted, until the server expunged "
-                "them); mailroom's after_delivery: delete expunges the messages it deleted (UID EXPUNGE)",
+                "NEW (RECENT UNSEEN) -> UNSEEN: \\Recent goes to one session only, so mail another session "
+                "saw first would never be fetched",
             )
-
-    def _search(self, box: dict[str, Any], where: str, graph: bool) -> None:
-        command = box.get("search_command")
-        if command is None or graph:
             return
-        command = str(self.plain(command, where, "search_command")).strip()
-        if command.upper() == "UNSEEN":
-            return  # what mailroom does: every message not yet done (not \Seen, not \Deleted)
-        self.report.note(
-            where,
-            "search_command",
-            Severity.DROPPED,
-            f"{command!r}: mailroom searches for the messages it has not yet marked done (UNSEEN UNDELETED, "
-            "or UNDELETED when it deletes or moves them)",
+        try:
+            search_keys(command)
+        except ValueError as exc:
+            self.report.note(where, "search_command", Severity.DROPPED, f"{command!r}: {exc}")
+            return
+        out["search"] = (
+            f"UNSEEN {command}" if deletes and "UNSEEN" not in command.upper().split() else command
         )
 
     def _delivery(self, box: dict[str, Any], out: dict[str, Any], where: str) -> None:

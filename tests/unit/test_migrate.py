@@ -37,6 +37,8 @@ def test_an_omnibus_mail_room_yml_becomes_gitlab_webhook_mailboxes() -> None:
         "secret_file": "/var/opt/gitlab/gitlab-rails/etc/gitlab_incoming_email_secret",
     }
     assert incoming["after_delivery"] == "delete" and incoming["idle_timeout"] == 60
+    # GitLab's expunge_deleted: false and mail_room's default search (UNSEEN) carry over as they were.
+    assert incoming["expunge_deleted"] is False and incoming["search"] == "UNSEEN"
     assert result.config["redis_url"] == "unix:///var/opt/gitlab/redis/redis.socket"
 
 
@@ -56,7 +58,6 @@ def test_every_option_not_carried_over_is_named() -> None:
     notes = _notes(_import("omnibus_mail_room.yml"))
     assert any("arbitration_method" in n and n.startswith("dropped") for n in notes)
     assert any("logger.log_path" in n and "mail_room_json.log" in n for n in notes)
-    assert any("expunge_deleted" in n for n in notes)
 
 
 def test_helm_configmap_erb_file_read_stays_a_file_reference() -> None:
@@ -145,7 +146,8 @@ def test_readme_examples_carry_their_postback_options() -> None:
     for secret in ("alice-token", "ingress-password", "redis-password", "grace-client-secret"):
         assert f": {secret}" not in text and f":{secret}@" not in text
     notes = _notes(result)
-    assert any("alice: search_command: 'NEW'" in n for n in notes)
+    assert any(n.startswith("changed: alice: search_command: NEW (RECENT UNSEEN) -> UNSEEN") for n in notes)
+    assert boxes["alice"]["search"] == "UNSEEN"
     assert any("frank: delivery_options.redis_url: has a password" in n for n in notes)
 
 
@@ -164,6 +166,26 @@ def test_a_postback_without_authentication_is_refused() -> None:
     with pytest.raises(ImportRefused) as refused:
         import_text(text, Options())
     assert "always authenticates" in refused.value.problems[0]
+
+
+@pytest.mark.parametrize(
+    ("command", "search", "note"),
+    [
+        ('FROM "alerts@example.com"', 'UNSEEN FROM "alerts@example.com"', None),
+        ("UNSEEN SUBJECT ticket", "UNSEEN SUBJECT ticket", None),
+        ("RECENT", None, "dropped: box: search_command: 'RECENT': RECENT: \\Recent is given to one session"),
+        ("NOT SEEN", None, "dropped: box: search_command: 'NOT SEEN': NOT: only plain keys"),
+    ],
+)
+def test_search_command_carried_where_the_guard_design_allows(command: str, search: Any, note: Any) -> None:
+    text = ":mailboxes:\n  - :email: box@example.com\n    :password: p\n    :name: inbox\n"
+    text += (
+        f"    :delete_after_delivery: true\n    :search_command: '{command}'\n    :delivery_method: logger\n"
+    )
+    result = import_text(text, Options())
+    (box,) = result.config["mailboxes"]
+    assert box.get("search") == search
+    assert note is None or any(n.startswith(note) for n in _notes(result))
 
 
 def test_unknown_input_is_refused() -> None:
