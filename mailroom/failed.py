@@ -336,6 +336,28 @@ def payload(connection: redis.Redis, job_id: str) -> JobPayload | None:
     return _payload(connection, job_id)
 
 
+@dataclass(frozen=True)
+class Shown:
+    """One failed job in full, for ``failed show``: its metadata, traceback and payload (never the body)."""
+
+    item: FailedMessage
+    payload: JobPayload | None
+
+    def as_dict(self) -> dict[str, Any]:
+        item = self.item
+        return {
+            **item.summary(),
+            "enqueued_at": item.enqueued_at.isoformat() if item.enqueued_at else None,
+            "payload": self.payload.summary() if self.payload is not None else None,
+            "traceback": item.traceback,
+        }
+
+
+def show(connection: redis.Redis, job_id: str) -> Shown:
+    """The failed job ``job_id`` with its payload (raises NotFailed if it is not failed)."""
+    return Shown(get_failed(connection, job_id), _payload(connection, job_id))
+
+
 def raw_message(connection: redis.Redis, job_id: str) -> bytes:
     """The failed message exactly as the IMAP server held it."""
     found = payload(connection, job_id)

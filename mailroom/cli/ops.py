@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 from mailroom import failed as failed_lib
 from mailroom import history as history_lib
 from mailroom.cli.base import cli, load_or_exit
-from mailroom.cli.output import JsonArray, Table, clean, emit_json, progress, when
+from mailroom.cli.output import JsonArray, Table, clean, emit_json, printable, progress, when
 from mailroom.config import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -159,27 +159,23 @@ def failed_list(
 def failed_show(ctx: click.Context, job_id: str, as_json: bool) -> None:
     """A failed message's metadata and traceback (never its body). Exit 1 if it is not failed."""
     settings = load_or_exit(ctx)
-    connection = _connect(ctx, settings)
     try:
-        item = failed_lib.get_failed(connection, job_id)
-        payload = failed_lib.payload(connection, job_id)
+        shown = failed_lib.show(_connect(ctx, settings), job_id)
     except failed_lib.NotFailed as exc:
         _fail(ctx, str(exc), as_json, job_id=job_id)
-    data = item.summary()
-    data["enqueued_at"] = item.enqueued_at.isoformat() if item.enqueued_at else None
-    data["payload"] = payload.summary() if payload is not None else None
+    data = shown.as_dict()
     if as_json:
-        emit_json({**data, "traceback": item.traceback})
+        emit_json(data)
         return
     for name, value in data.items():
-        if name != "payload":
+        if name not in ("payload", "traceback"):
             click.echo(f"{name}: {clean(str(value)) if value is not None else '-'}")
-    if payload is not None:
-        p = payload
+    if shown.payload is not None:
+        p = shown.payload
         click.echo(f"to key header: {p.key_header}  size: {p.size}  received: {p.received_at}")
         click.echo(f"flags: auto_reply={p.auto_reply} bounce={p.bounce} parse_error={clean(p.parse_error)}")
     click.echo("traceback:")
-    click.echo(item.traceback.rstrip() or "(none recorded)")
+    click.echo(printable(shown.item.traceback.rstrip()) or "(none recorded)")
 
 
 def _fail(ctx: click.Context, message: str, as_json: bool, **fields: Any) -> NoReturn:

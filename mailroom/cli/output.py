@@ -26,6 +26,11 @@ def clean(text: str | None) -> str:
     return "".join(c for c in text if c.isprintable())
 
 
+def printable(text: str) -> str:
+    """Several lines as they are (indentation kept, for a traceback), less the control characters."""
+    return "\n".join("".join(c for c in line if c.isprintable() or c == "\t") for line in text.splitlines())
+
+
 def cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
 

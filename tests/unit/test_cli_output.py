@@ -7,7 +7,7 @@ import imaplib
 import pytest
 from imapclient.exceptions import LoginError
 
-from mailroom.cli.output import WIDTH, Table, clean, cut, fit
+from mailroom.cli.output import WIDTH, Table, clean, cut, fit, printable
 from mailroom.errors import ImapAuthError, ImapError
 from mailroom.imap.session import _translated
 
@@ -51,3 +51,9 @@ def test_server_replies_are_words_not_bytes_reprs(raised, kind, text):
     with pytest.raises(kind) as caught, _translated("select"):
         raise raised
     assert str(caught.value) == text
+
+
+def test_printable_keeps_lines_and_indentation():
+    assert printable('Traceback:\n  File "x", line 1\x1b[2J\n\tValueError: \x07bad') == (
+        'Traceback:\n  File "x", line 1[2J\n\tValueError: bad'
+    )
