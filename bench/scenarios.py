@@ -320,11 +320,11 @@ def _job_span(connection: redis.Redis, job_ids: list[str]) -> tuple[int, float]:
 
 
 def _enqueue_mailroom(stack: Stack, n: int, **mailbox: Any) -> tuple[Path, list[str]]:
-    from mailroom.app import to_payload
     from mailroom.config import load_settings
-    from mailroom.imap.session import FetchedMessage
     from mailroom.keys import AddressTemplate
     from mailroom.queue import MailQueue
+    from mailroom.schema import JobPayload
+    from mailroom.source import SourceMessage
 
     target = stack.target(next(iter(stack.dovecot.users)))
     config = mailroom_config(target, stack.workdir / "worker.yml", **mailbox)
@@ -335,7 +335,9 @@ def _enqueue_mailroom(stack: Stack, n: int, **mailbox: Any) -> tuple[Path, list[
     job_ids = []
     for start_uid in range(0, n, 200):
         batch = [
-            to_payload(box.name, FetchedMessage(1, uid + 1, raw, len(raw), None), template)
+            JobPayload.from_message(
+                box.name, SourceMessage(box.kind, uid + 1, raw, len(raw), None, epoch=1), template
+            )
             for uid, raw in enumerate(messages.messages(min(200, n - start_uid), start_uid), start_uid)
         ]
         job_ids += [r.job_id for r in queue.enqueue_batch(box, batch)]

@@ -13,74 +13,33 @@ from typing import TYPE_CHECKING, Any, TypeAlias, cast
 from prometheus_client.registry import Collector
 
 from mailroom import logs, metrics
-from mailroom.config import AuthMethod, GraphMailbox, MailboxConfig, MailboxKind, OAuth2Config, Settings
+from mailroom.config import AuthMethod, GraphMailbox, MailboxConfig, OAuth2Config, Settings
 from mailroom.health import MARGIN_SECONDS, Check, WatchedMailbox, WatcherProbe
-from mailroom.imap.session import FetchedMessage, ImapSession
-from mailroom.imap.watcher import MailboxWatcher, Sink, WatcherStatus, WatchLimits
+from mailroom.imap.session import ImapSession
+from mailroom.imap.watcher import MailboxWatcher, WatcherStatus, WatchLimits
 from mailroom.keys import AddressTemplate
 from mailroom.lease import Coordinator
-from mailroom.message import parse_message
 from mailroom.metrics import MailboxCollector, QueueCollector
-from mailroom.queue import Enqueued, MailQueue, connect
+from mailroom.queue import Enqueued, MailQueue
+from mailroom.redis_client import connect
 from mailroom.schema import JobPayload
+from mailroom.source import Sink, SourceMessage
 from mailroom.web import HealthServer
 
 if TYPE_CHECKING:
-    from mailroom.graph.client import GraphMessage
     from mailroom.graph.watcher import GraphWatcher
 
 
-# What a watcher hands its sink: IMAP's FetchedMessage or Graph's GraphMessage (same fields).
-Fetched: TypeAlias = "FetchedMessage | GraphMessage"
-AnySink: TypeAlias = "Callable[[Sequence[Fetched]], None]"
 AnyWatcher: TypeAlias = "MailboxWatcher | GraphWatcher"
 
 
-def to_payload(mailbox: str, message: Fetched, template: AddressTemplate, source: str = "imap") -> JobPayload:
-    """Parse the header (never raises) and build the job payload around the untouched bytes."""
-    parsed = parse_message(message.raw, template, recipients=False)
-    parse_error = parsed.parse_error
-    if message.truncated:
-        parse_error = f"message is {message.size} bytes, over max_message_size: only its header was kept"
-    received = message.internaldate or datetime.now(UTC)
-    if received.tzinfo is None:
-        received = received.replace(tzinfo=UTC)
-    return JobPayload(
-        mailbox=mailbox,
-        source=source,
-        uidvalidity=message.uidvalidity,
-        uid=message.uid,
-        received_at=received.isoformat(),
-        size=message.size,
-        truncated=message.truncated,
-        message_id=_utf8(parsed.message_id),
-        key=_utf8(parsed.key),
-        key_header=parsed.key_header,
-        from_address=_utf8(parsed.from_address),
-        subject=_utf8(parsed.subject),
-        auto_reply=parsed.auto_reply,
-        bounce=parsed.bounce,
-        parse_error=_utf8(parse_error),
-        raw=message.raw,
-    )
-
-
-def _utf8(text: str | None) -> str | None:
-    """Text Redis can store: a lone surrogate from hostile mail would make every enqueue of the batch
-    fail, and the watcher offer the same batch for ever."""
-    if text is None or text.isascii():
-        return text
-    return text.encode("utf-8", "replace").decode("utf-8")
-
-
-def make_sink(mailbox: MailboxConfig, queue: MailQueue) -> AnySink:
+def make_sink(mailbox: MailboxConfig, queue: MailQueue) -> Sink:
     """The watcher's sink for one mailbox: parse, enqueue (raises EnqueueError), log one line each."""
     template = AddressTemplate.parse(mailbox.address)
     context = {"mailbox": mailbox.name}
-    source = "graph" if mailbox.kind is MailboxKind.GRAPH else "imap"
 
-    def sink(batch: Sequence[Fetched]) -> None:
-        payloads = [to_payload(mailbox.name, message, template, source) for message in batch]
+    def sink(batch: Sequence[SourceMessage[Any]]) -> None:
+        payloads = [JobPayload.from_message(mailbox.name, message, template) for message in batch]
         started = time.perf_counter()
         results = queue.enqueue_batch(mailbox, payloads)
         metrics.ENQUEUE_SECONDS.labels(mailbox.name).observe(time.perf_counter() - started)
@@ -105,13 +64,13 @@ def _enqueue_event(result: Enqueued) -> tuple[str, dict[str, Any]]:
     }
 
 
-def _observe_arrival(mailbox: str, batch: Sequence[Fetched], results: Sequence[Enqueued]) -> None:
+def _observe_arrival(mailbox: str, batch: Sequence[SourceMessage[Any]], results: Sequence[Enqueued]) -> None:
     """Arrival (INTERNALDATE) to enqueue, for the messages that got a new job and have an INTERNALDATE."""
-    arrived = {m.uid: m.internaldate for m in batch if m.internaldate is not None}
+    arrived = {m.ref: m.received_at for m in batch if m.received_at is not None}
     now = datetime.now(UTC)
     histogram = metrics.ARRIVAL_TO_ENQUEUE_SECONDS.labels(mailbox)
     for result in results:
-        when = arrived.get(result.payload.uid) if result.new else None  # type: ignore[arg-type]
+        when = arrived.get(result.payload.uid) if result.new else None
         if when is not None:
             when = when if when.tzinfo else when.replace(tzinfo=UTC)
             histogram.observe(max(0.0, (now - when).total_seconds()))
@@ -120,7 +79,7 @@ def _observe_arrival(mailbox: str, batch: Sequence[Fetched], results: Sequence[E
 def _turning(sink: Sink, status: WatcherStatus) -> Sink:
     """A delivered batch is progress: a long catch-up keeps the watcher's liveness fresh."""
 
-    def turning_sink(batch: Sequence[FetchedMessage]) -> None:
+    def turning_sink(batch: Sequence[SourceMessage[Any]]) -> None:
         sink(batch)
         status.turn()
 

@@ -14,20 +14,19 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mailroom.app import to_payload
 from mailroom.config import MailboxConfig
-from mailroom.imap.session import FetchedMessage
 from mailroom.keys import AddressTemplate
 from mailroom.mailfiles import MailFileError, MessageRef, Reader
 from mailroom.queue import Enqueued, MailQueue
+from mailroom.schema import JobPayload
+from mailroom.source import SourceMessage
 
 
 def inject(queue: MailQueue, mailbox: MailboxConfig, raw: bytes, force: bool = False) -> Enqueued:
     ident = uuid.uuid4().hex if force else hashlib.sha256(raw).hexdigest()[:32]
-    fetched = FetchedMessage(uidvalidity=0, uid=0, raw=raw, size=len(raw), internaldate=None)
-    payload = to_payload(mailbox.name, fetched, AddressTemplate.parse(mailbox.address), source="inject")
-    payload = dataclasses.replace(payload, uidvalidity=None, uid=ident)
-    (result,) = queue.enqueue_batch(mailbox, [payload])
+    message = SourceMessage(mailbox.kind, ident, raw, len(raw), received_at=None)
+    payload = JobPayload.from_message(mailbox.name, message, AddressTemplate.parse(mailbox.address))
+    (result,) = queue.enqueue_batch(mailbox, [dataclasses.replace(payload, source="inject")])
     return result
 
 

@@ -17,15 +17,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
 
-import hiredis
 import redis
-from redis._parsers import Encoder
-from redis.connection import HiredisRespSerializer, PythonRespSerializer
-from redis.exceptions import DataError, RedisError
-from redis.sentinel import Sentinel
-from redis.utils import HIREDIS_AVAILABLE
+from redis.exceptions import RedisError
 from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
@@ -41,101 +35,28 @@ JOB_FUNCTION = "workers.jobs.handle_email"
 
 KEY_PREFIX = "mailroom:"
 GUARD_PREFIX = KEY_PREFIX + "guard:"
-SENTINEL_SCHEME = "redis+sentinel://"
 
 _PER_JOB_FIELDS = frozenset({"data", "description"})
 # RQ's JSON job data is [function, instance, args, kwargs]; the payload is the only argument.
 _DATA_HEAD = ("[" + json.dumps(JOB_FUNCTION) + ", null, [").encode()
 _DATA_TAIL = b"], {}]"
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]")
-_TIMEOUTS: dict[str, Any] = {"socket_timeout": 10, "socket_connect_timeout": 5}
-
-
-class CommandPacker:
-    """How this client turns a command into bytes: hiredis's packer, the fastest for the thousands of small
-    arguments of an enqueue script, except for a command with a big argument (a large message's job
-    data). hiredis copies every argument into one buffer and that into a bytes object; redis-py's own
-    packer sends a big argument as it is, so a 25 MiB message is not held twice more while it is sent.
-    """
-
-    BIG = 1024 * 1024
-
-    def __init__(self) -> None:
-        self._small = HiredisRespSerializer() if HIREDIS_AVAILABLE else None
-        self._big = PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode)  # type: ignore[no-untyped-call]
-
-    def pack(self, *args: Any) -> list[bytes | memoryview]:
-        if self._small is None:
-            return self._big.pack(*args)  # type: ignore[no-untyped-call,no-any-return]
-        plain = True  # only str, bytes, int and float: hiredis takes them as they are
-        for arg in args:
-            kind = arg.__class__
-            if kind is bytes:
-                if len(arg) > self.BIG:
-                    return self._big.pack(*args)  # type: ignore[no-untyped-call,no-any-return]
-            elif kind is not str and kind is not int and kind is not float:
-                plain = False
-        name = args[0]
-        if plain and (b" " if name.__class__ is bytes else " ") not in name:  # else redis-py splits it
-            try:
-                return [hiredis.pack_command(args)]
-            except TypeError as exc:
-                raise DataError(str(exc)) from exc
-        return self._small.pack(*args)  # type: ignore[no-any-return]
-
-
-def connect(url: str) -> redis.Redis:
-    """A Redis client with timeouts, so an unreachable server is an error, not a hang.
-
-    ``redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/SERVICE[/DB]`` asks the Sentinels for the
-    current master of SERVICE (redis-py's Sentinel; the password is the master's).
-    """
-    if url.startswith(SENTINEL_SCHEME):
-        return _sentinel_master(url)
-    return redis.Redis.from_url(
-        url, **_TIMEOUTS, health_check_interval=30, retry_on_timeout=False, command_packer=CommandPacker()
-    )
-
-
-def _sentinel_master(url: str) -> redis.Redis:
-    rest = url[len(SENTINEL_SCHEME) :]
-    userinfo, _, rest = rest.rpartition("@")
-    hosts, _, path = rest.partition("/")
-    service, _, db = path.strip("/").partition("/")
-    if not hosts or not service:
-        raise ValueError("a Sentinel URL looks like redis+sentinel://host:26379,host2:26379/mymaster/0")
-    nodes = []
-    for node in hosts.split(","):
-        host, _, port = node.rpartition(":") if ":" in node else (node, "", "26379")
-        nodes.append((host.strip("[]"), int(port)))
-    password = unquote(userinfo.partition(":")[2]) if userinfo else None
-    sentinel = Sentinel(nodes, **_TIMEOUTS)  # type: ignore[no-untyped-call]
-    master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-        service, db=int(db or 0), password=password, command_packer=CommandPacker(), **_TIMEOUTS
-    )
-    return master
-
-
-def source_id(payload: JobPayload) -> str:
-    if payload.source == "imap":
-        return f"{payload.uidvalidity}:{payload.uid}"
-    return f"{payload.source}:{payload.uid}"
 
 
 def guard_key(payload: JobPayload) -> str:
-    return f"{GUARD_PREFIX}{payload.mailbox}:{source_id(payload)}"
+    return f"{GUARD_PREFIX}{payload.mailbox}:{payload.source_id}"
 
 
 def job_id_for(payload: JobPayload) -> str:
     """A deterministic, readable RQ job id: ``support-1712-42`` for IMAP UID 42 of UIDVALIDITY 1712.
 
-    Other sources' ids (a Graph immutable id: ~150 characters of base64 with ``=``) are hashed: RQ takes
-    only letters, digits, ``_`` and ``-``, and replacing the rest could make two ids one.
+    Ids without an epoch (a Graph immutable id: ~150 characters of base64 with ``=``) are hashed: RQ
+    takes only letters, digits, ``_`` and ``-``, and replacing the rest could make two ids one.
     """
-    if payload.source != "imap":
+    if payload.uidvalidity is None:
         digest = hashlib.sha256(str(payload.uid).encode()).hexdigest()[:32]
         return _UNSAFE_ID_CHARS.sub("_", f"{payload.mailbox}-{payload.source}-{digest}")
-    return _UNSAFE_ID_CHARS.sub("_", f"{payload.mailbox}-{source_id(payload).replace(':', '-')}")
+    return _UNSAFE_ID_CHARS.sub("_", f"{payload.mailbox}-{payload.uidvalidity}-{payload.uid}")
 
 
 @dataclass(frozen=True)
@@ -234,7 +155,7 @@ class JobTemplate:
 
     @staticmethod
     def description(payload: JobPayload) -> str:
-        return f"email {payload.mailbox} {source_id(payload)} <{payload.message_id or ''}>"
+        return f"email {payload.mailbox} {payload.source_id} <{payload.message_id or ''}>"
 
 
 # ARGV: queue key, queue set key, guard ttl, history index, history ttl, now, job key prefix, history key

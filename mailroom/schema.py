@@ -18,7 +18,14 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass, fields
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from mailroom.keys import AddressTemplate
+from mailroom.message import parse_message
+
+if TYPE_CHECKING:
+    from mailroom.source import SourceMessage
 
 SCHEMA_VERSION = 1
 
@@ -30,9 +37,9 @@ class PayloadError(ValueError):
 @dataclass(frozen=True)
 class JobPayload:
     mailbox: str
-    source: str  # "imap", "graph", "inject"
-    uidvalidity: int | None
-    uid: int | str | None  # an IMAP UID, or a Graph immutable id
+    source: str  # the source's kind ("imap", "graph"), or "inject"
+    uidvalidity: int | None  # the message's epoch (IMAP UIDVALIDITY); None where ids are never reused
+    uid: int | str | None  # the source's ref: an IMAP UID, a Graph immutable id
     received_at: str
     size: int
     truncated: bool
@@ -45,6 +52,43 @@ class JobPayload:
     bounce: bool
     parse_error: str | None
     raw: bytes
+
+    @classmethod
+    def from_message(cls, mailbox: str, message: SourceMessage[Any], template: AddressTemplate) -> JobPayload:
+        """Parse the header (never raises) and build the job payload around the untouched bytes."""
+        parsed = parse_message(message.raw, template, recipients=False)
+        parse_error = parsed.parse_error
+        if message.truncated:
+            parse_error = f"message is {message.size} bytes, over max_message_size: only its header was kept"
+        received = message.received_at or datetime.now(UTC)
+        if received.tzinfo is None:
+            received = received.replace(tzinfo=UTC)
+        return cls(
+            mailbox=mailbox,
+            source=str(message.kind),
+            uidvalidity=message.epoch,
+            uid=message.ref,
+            received_at=received.isoformat(),
+            size=message.size,
+            truncated=message.truncated,
+            message_id=_utf8(parsed.message_id),
+            key=_utf8(parsed.key),
+            key_header=parsed.key_header,
+            from_address=_utf8(parsed.from_address),
+            subject=_utf8(parsed.subject),
+            auto_reply=parsed.auto_reply,
+            bounce=parsed.bounce,
+            parse_error=_utf8(parse_error),
+            raw=message.raw,
+        )
+
+    @property
+    def source_id(self) -> str:
+        """The message's identity within its mailbox (the idempotency guard's): ``1712:42`` for IMAP UID
+        42 of UIDVALIDITY 1712, ``graph:<id>`` where ids have no epoch."""
+        if self.uidvalidity is None:
+            return f"{self.source}:{self.uid}"
+        return f"{self.uidvalidity}:{self.uid}"
 
     def to_json(self) -> dict[str, Any]:
         # Field by field rather than dataclasses.asdict(), which deep-copies the message bytes.
@@ -90,6 +134,14 @@ class JobPayload:
         data = self.to_json()
         del data["raw"]
         return data
+
+
+def _utf8(text: str | None) -> str | None:
+    """Text Redis can store: a lone surrogate from hostile mail would make every enqueue of the batch
+    fail, and the watcher offer the same batch for ever."""
+    if text is None or text.isascii():
+        return text
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 _FIELD_NAMES = tuple(field.name for field in fields(JobPayload))

@@ -30,7 +30,8 @@ from mailroom import sentry
 from mailroom.config import Settings
 from mailroom.health import WorkerProbe
 from mailroom.metrics import QueueCollector
-from mailroom.queue import JOB_FUNCTION, connect
+from mailroom.queue import JOB_FUNCTION
+from mailroom.redis_client import connect
 from mailroom.rqworker import WORKER_TTL, MailroomWorker, heartbeat_age, preload_jobs
 from mailroom.threadworker import Backoff, ThreadWorker
 from mailroom.web import HealthServer

@@ -13,7 +13,7 @@ import structlog
 
 from mailroom.config import RejectionReason, Settings
 from mailroom.provider.rejection import Outcome, Rejector
-from mailroom.queue import connect
+from mailroom.redis_client import connect
 from mailroom.schema import JobPayload
 
 log = structlog.get_logger("mailroom.worker")

@@ -26,7 +26,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _connect(ctx: click.Context, settings: Settings) -> redis.Redis:
-    from mailroom.queue import connect
+    from mailroom.redis_client import connect
 
     connection = connect(settings.redis_url)
     try:
@@ -446,7 +446,7 @@ def check(ctx: click.Context, as_json: bool) -> None:
     folder, waiting), Redis, workers, failed jobs: one ✓/✗ line each. Exit 1 if anything failed
     (warnings, marked !, do not count). Logs go to stderr, so stdout is only the report."""
     from mailroom.check import Outcome, run_checks
-    from mailroom.queue import connect
+    from mailroom.redis_client import connect
 
     settings = load_or_exit(ctx)
     results = []

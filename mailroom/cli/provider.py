@@ -31,7 +31,7 @@ def webhooks(ctx: click.Context, host: str | None, port: int | None) -> None:
     from mailroom.provider.metrics import register_suppression_size
     from mailroom.provider.suppression import SuppressionList
     from mailroom.provider.webhooks import create_app, signing_key_source
-    from mailroom.queue import connect
+    from mailroom.redis_client import connect
 
     settings = load_or_exit(ctx, service=True, start=True)
     provider = settings.provider
@@ -73,7 +73,7 @@ def suppressions() -> None:
 
 def _list(ctx: click.Context) -> Any:
     from mailroom.provider.suppression import SuppressionList
-    from mailroom.queue import connect
+    from mailroom.redis_client import connect
 
     return SuppressionList(connect(load_or_exit(ctx).redis_url))
 

@@ -25,9 +25,10 @@ from urllib.parse import quote
 import requests
 import structlog
 
-from mailroom.config import AfterDeliveryAction, GraphMailbox
+from mailroom.config import AfterDeliveryAction, GraphMailbox, MailboxKind
 from mailroom.errors import GraphError, TokenError
 from mailroom.oauth2 import TokenSource
+from mailroom.source import SourceMessage
 
 log = structlog.get_logger("mailroom.graph")
 
@@ -42,18 +43,6 @@ MAX_RETRY_AFTER = 300.0
 
 class DeltaExpired(GraphError):
     """The delta link is no longer valid: start a full delta again."""
-
-
-@dataclass(frozen=True)
-class GraphMessage:
-    """A Graph message, shaped like the IMAP FetchedMessage so the same sink takes both."""
-
-    uid: str  # the immutable id
-    raw: bytes
-    size: int
-    internaldate: datetime | None
-    truncated: bool = False
-    uidvalidity: None = None
 
 
 @dataclass(frozen=True)
@@ -104,7 +93,7 @@ class GraphClient:
             else:
                 raise GraphError("delta page has neither @odata.nextLink nor @odata.deltaLink")
 
-    def fetch(self, message: dict[str, Any], max_size: int) -> GraphMessage:
+    def fetch(self, message: dict[str, Any], max_size: int) -> SourceMessage[str]:
         """The message as MIME; over ``max_size`` only its header is kept (``truncated``)."""
         message_id = message["id"]
         response = self._request("GET", f"{self._message_url(message_id)}/$value", stream=True)
@@ -121,7 +110,8 @@ class GraphClient:
             head, sep, _ = raw.partition(b"\r\n\r\n")
             raw = head + sep if sep else raw[:max_size]
             size = int(response.headers.get("Content-Length") or size)
-        return GraphMessage(message_id, raw, size, _parse_time(message.get("receivedDateTime")), truncated)
+        received = _parse_time(message.get("receivedDateTime"))
+        return SourceMessage(MailboxKind.GRAPH, message_id, raw, size, received, truncated)
 
     # -- marking -------------------------------------------------------------------------------------
 

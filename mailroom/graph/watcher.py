@@ -9,7 +9,6 @@ id, which the queue's idempotency guard uses (source "graph"), so a replay never
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -17,18 +16,17 @@ import structlog
 from mailroom import metrics
 from mailroom.config import GraphMailbox
 from mailroom.errors import EnqueueError, GraphError
-from mailroom.graph.client import DeltaExpired, GraphClient, GraphMessage
+from mailroom.graph.client import DeltaExpired, GraphClient
 from mailroom.graph.state import DeltaStore
 from mailroom.imap.watcher import Backoff, WatcherStatus
-
-GraphSink = Callable[[Sequence[GraphMessage]], None]
+from mailroom.source import Sink
 
 
 class GraphWatcher:
     def __init__(
         self,
         config: GraphMailbox,
-        sink: GraphSink,
+        sink: Sink,
         stop: threading.Event,
         client: GraphClient,
         store: DeltaStore,
@@ -97,6 +95,6 @@ class GraphWatcher:
         metrics.MESSAGES_FETCHED.labels(self.config.name).inc(len(batch))
         self.sink(batch)
         for message in batch:
-            self.client.mark_done(message.uid)
+            self.client.mark_done(message.ref)
         metrics.MESSAGES_MARKED.labels(self.config.name).inc(len(batch))
         self.log.debug("batch_marked", count=len(batch))

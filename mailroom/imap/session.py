@@ -24,10 +24,11 @@ from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 from imapclient.util import to_bytes
 
-from mailroom.config import AfterDeliveryAction, AuthMethod, ImapMailbox, Security
+from mailroom.config import AfterDeliveryAction, AuthMethod, ImapMailbox, MailboxKind, Security
 from mailroom.errors import ImapAuthError, ImapError, ImapFolderError, TokenError
 from mailroom.imap import wire
 from mailroom.oauth2 import OAUTHBEARER, TokenSource, choose_mechanism, token_source_for
+from mailroom.source import SourceMessage
 
 SEEN = b"\\Seen"
 DELETED = b"\\Deleted"
@@ -44,19 +45,6 @@ class FolderState:
     uidvalidity: int
     uidnext: int | None
     exists: int
-
-
-@dataclass(frozen=True)
-class FetchedMessage:
-    """A message as the server holds it. ``raw`` is the whole message, or only its header when
-    ``truncated`` (the message is larger than the configured maximum)."""
-
-    uidvalidity: int
-    uid: int
-    raw: bytes
-    size: int
-    internaldate: datetime | None
-    truncated: bool = False
 
 
 @contextmanager
@@ -99,7 +87,7 @@ def tls_context(config: ImapMailbox) -> ssl.SSLContext:
 
 @dataclass(frozen=True)
 class _Fetched:
-    messages: list[FetchedMessage]  # in UID order
+    messages: list[SourceMessage[int]]  # in UID order
     left: dict[int, int]  # UID -> size of the bodies dropped as they came (see ImapSession.fetch)
 
 
@@ -235,7 +223,7 @@ class ImapSession:
 
     def fetch(
         self, uids: Sequence[int], batch_size: int, max_size: int, max_batch_bytes: int
-    ) -> Iterator[list[FetchedMessage]]:
+    ) -> Iterator[list[SourceMessage[int]]]:
         """Yield the messages in chunks of at most ``batch_size`` messages and ``max_batch_bytes``
         (at least one message each), in UID order.
 
@@ -277,7 +265,7 @@ class ImapSession:
         if chunk_uids:
             yield self._fetch_now(chunk_uids)
 
-    def _fetch_now(self, uids: Sequence[int]) -> list[FetchedMessage]:
+    def _fetch_now(self, uids: Sequence[int]) -> list[SourceMessage[int]]:
         with _translated("UID FETCH BODY.PEEK[]"):
             result = self._pipeline.wait(self._pipeline.fetch(_uid_set(uids)))
         return self._fetched(uids, result).messages
@@ -287,15 +275,15 @@ class ImapSession:
         wanted = set(uids)
         messages = sorted(
             (
-                FetchedMessage(self.state.uidvalidity, m.uid, m.body, len(m.body), m.internaldate)
+                self._message(m.uid, m.body, len(m.body), m.internaldate)
                 for m in result.messages
                 if m.uid in wanted
             ),
-            key=lambda m: m.uid,
+            key=lambda m: m.ref,
         )
         return _Fetched(messages, {uid: size for uid, size in result.left.items() if uid in wanted})
 
-    def _fetch_header(self, uid: int, size: int, limit: int) -> FetchedMessage:
+    def _fetch_header(self, uid: int, size: int, limit: int) -> SourceMessage[int]:
         """The header of a message too large to queue, at most ``limit`` bytes of it: a message without
         the blank line that ends a header is all header to the server (RFC 3501 6.4.5)."""
         with _translated("UID FETCH BODY.PEEK[HEADER]"):
@@ -304,7 +292,14 @@ class ImapSession:
         items = data.get(uid, {})
         header = next((v for k, v in items.items() if k.startswith(b"BODY[HEADER]")), None) or b""
         internaldate = items.get(b"INTERNALDATE")
-        return FetchedMessage(self.state.uidvalidity, uid, header, size, internaldate, truncated=True)
+        return self._message(uid, header, size, internaldate, truncated=True)
+
+    def _message(
+        self, uid: int, raw: bytes, size: int, internaldate: datetime | None, truncated: bool = False
+    ) -> SourceMessage[int]:
+        return SourceMessage(
+            MailboxKind.IMAP, uid, raw, size, internaldate, truncated, epoch=self.state.uidvalidity
+        )
 
     # -- marking -------------------------------------------------------------------------------------
 

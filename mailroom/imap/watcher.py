@@ -19,9 +19,8 @@ import structlog
 from mailroom import metrics
 from mailroom.config import ImapMailbox
 from mailroom.errors import EnqueueError, ImapAuthError, ImapError, ImapFolderError
-from mailroom.imap.session import FetchedMessage, FolderState, ImapSession
-
-Sink = Callable[[Sequence[FetchedMessage]], None]
+from mailroom.imap.session import FolderState, ImapSession
+from mailroom.source import Sink, SourceMessage
 
 
 class Session(Protocol):
@@ -35,7 +34,7 @@ class Session(Protocol):
     def saw_activity(self) -> bool: ...
     def fetch(
         self, uids: Sequence[int], batch_size: int, max_size: int, max_batch_bytes: int
-    ) -> Iterator[list[FetchedMessage]]: ...
+    ) -> Iterator[list[SourceMessage[int]]]: ...
     def mark_done(self, uids: Sequence[int]) -> None: ...
     def park(self, uids: Sequence[int]) -> None: ...
     def idle(self, seconds: float, should_stop: Callable[[], bool], done_timeout: float) -> bool: ...
@@ -204,19 +203,19 @@ class MailboxWatcher:
                 if self.stop.is_set():
                     return
 
-    def _deliver(self, session: Session, batch: list[FetchedMessage]) -> None:
+    def _deliver(self, session: Session, batch: list[SourceMessage[int]]) -> None:
         if not batch:
             return
         metrics.MESSAGES_FETCHED.labels(self.config.name).inc(len(batch))
         self.sink(batch)
-        uids = [m.uid for m in batch if not m.truncated]
+        uids = [m.ref for m in batch if not m.truncated]
         session.mark_done(uids)
         # Too large to queue whole: the job has the header only, so the message itself must stay.
-        parked = [m.uid for m in batch if m.truncated]
+        parked = [m.ref for m in batch if m.truncated]
         session.park(parked)
         self._parked.update(parked)
         metrics.MESSAGES_MARKED.labels(self.config.name).inc(len(batch))
-        self.log.debug("batch_marked", count=len(batch), first_uid=batch[0].uid, last_uid=batch[-1].uid)
+        self.log.debug("batch_marked", count=len(batch), first_uid=batch[0].ref, last_uid=batch[-1].ref)
 
 
 def describe(status: WatcherStatus) -> dict[str, Any]:

@@ -16,7 +16,8 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
 from devstack import append_messages, count, make_message
 from mailroom.inject import inject
-from mailroom.queue import MailQueue, connect
+from mailroom.queue import MailQueue
+from mailroom.redis_client import connect
 from tests.receivers import RELAY_PATH, action_mailbox_relay
 from tests.support import queue, run_worker, use_config, wait_for, watching
 

@@ -15,7 +15,8 @@ from devstack import make_message
 from mailroom.cli import cli
 from mailroom.config import Settings
 from mailroom.inject import inject
-from mailroom.queue import MailQueue, connect
+from mailroom.queue import MailQueue
+from mailroom.redis_client import connect
 from tests.support import queue, run_worker, use_config, write_config
 from workers.errors import PermanentHandlerError
 from workers.incoming import IncomingEmail

@@ -17,7 +17,8 @@ import yaml
 
 from devstack import make_message
 from mailroom.inject import inject
-from mailroom.queue import MailQueue, connect
+from mailroom.queue import MailQueue
+from mailroom.redis_client import connect
 from tests.support import run_worker, use_config, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -15,7 +15,8 @@ import redis
 from devstack import make_message
 from mailroom.app import _graph_watcher, make_sink
 from mailroom.graph.state import delta_key
-from mailroom.queue import MailQueue, connect
+from mailroom.queue import MailQueue
+from mailroom.redis_client import connect
 from tests.graphserver import GraphServer
 from tests.oauthserver import OAuthServer
 from tests.support import (

@@ -32,15 +32,15 @@ def test_fetch_keeps_to_the_budget_and_truncates_only_what_is_too_big(imap_accou
         session.close()
 
     got = [m for batch in batches for m in batch]
-    assert sorted(m.uid for m in got) == uids  # each message exactly once
+    assert sorted(m.ref for m in got) == uids  # each message exactly once
     by_uid = dict(zip(uids, sent, strict=True))
     for m in got:
-        original = by_uid[m.uid]
+        original = by_uid[m.ref]
         if len(original) > 200_000:
             assert m.truncated and m.size == len(original)
             assert original.startswith(m.raw) and m.raw.endswith(b"\r\n\r\n")  # the header, whole
         else:
-            assert not m.truncated and m.raw == original and m.internaldate is not None
+            assert not m.truncated and m.raw == original and m.received_at is not None
     for batch in batches:
         assert len(batch) == 1 or sum(m.size for m in batch) <= 60_000, [m.size for m in batch]
         assert len(batch) <= 4

@@ -158,7 +158,8 @@ def test_inject_is_idempotent_and_reaches_the_handler(imap_account, redis_url, t
 
 def test_a_requeued_job_gets_its_retries_back(redis_url, tmp_path, monkeypatch):
     from mailroom import failed as failed_lib
-    from mailroom.queue import MailQueue, connect
+    from mailroom.queue import MailQueue
+    from mailroom.redis_client import connect
     from mailroom.schema import JobPayload
 
     mailbox = {

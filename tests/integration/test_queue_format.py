@@ -12,7 +12,8 @@ from rq import Retry
 from rq.job import Job
 
 from mailroom.config import ImapMailbox, Settings
-from mailroom.queue import JOB_FUNCTION, MailQueue, connect
+from mailroom.queue import JOB_FUNCTION, MailQueue
+from mailroom.redis_client import connect
 from mailroom.schema import JobPayload
 
 pytestmark = pytest.mark.integration

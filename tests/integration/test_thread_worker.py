@@ -17,7 +17,8 @@ from rq.serializers import JSONSerializer
 from devstack import make_message
 from mailroom import history
 from mailroom.config import Settings, load_settings
-from mailroom.queue import MailQueue, connect
+from mailroom.queue import MailQueue
+from mailroom.redis_client import connect
 from mailroom.schema import JobPayload
 from mailroom.threadworker import ThreadWorker
 from tests.support import handled, queue, write_config

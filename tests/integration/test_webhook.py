@@ -15,7 +15,8 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry
 
 from devstack import make_message
 from mailroom.config import load_settings
-from mailroom.queue import MailQueue, connect
+from mailroom.queue import MailQueue
+from mailroom.redis_client import connect
 from mailroom.schema import JobPayload
 from tests.support import queue, run_worker, use_config, write_config
 

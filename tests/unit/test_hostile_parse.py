@@ -11,11 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rq.serializers import JSONSerializer
 
-from mailroom.app import to_payload
-from mailroom.imap.session import FetchedMessage
+from mailroom.config import MailboxKind
 from mailroom.keys import AddressTemplate
 from mailroom.message import parse_body, parse_message
 from mailroom.schema import JobPayload
+from mailroom.source import SourceMessage
 from tests.unit.test_parse_properties import check_body, check_parsed
 
 TEMPLATE = AddressTemplate.parse("incoming+%{key}@example.com")
@@ -72,8 +72,8 @@ def test_broken_encoded_parts(payload: bytes, encoding: bytes) -> None:
 def test_any_message_becomes_a_job_redis_and_rq_accept(raw: bytes) -> None:
     """What the watcher does with every message: payload, JSON, RQ's description. Nothing may raise (a
     raise there would offer the same message again for ever), and every text must be valid UTF-8."""
-    message = FetchedMessage(1, 7, raw, len(raw), datetime.now(UTC))
-    payload = to_payload("support", message, TEMPLATE)
+    message = SourceMessage(MailboxKind.IMAP, 7, raw, len(raw), datetime.now(UTC), epoch=1)
+    payload = JobPayload.from_message("support", message, TEMPLATE)
     data = JSONSerializer.dumps(((payload.to_json(),), {}))
     assert JobPayload.from_json(JSONSerializer.loads(data)[0][0]).raw == raw
     for value in payload.to_json().values():
@@ -87,8 +87,10 @@ def test_any_message_becomes_a_job_redis_and_rq_accept(raw: bytes) -> None:
 def test_encoded_words_never_yield_text_redis_refuses(subject):
     """A lone surrogate in the subject made redis-py's encoder raise on every enqueue of the batch."""
     raw = f"From: a@b\r\nTo: incoming+k@example.com\r\nSubject: {subject}\r\n\r\nbody\r\n".encode()
-    payload = to_payload(
-        "m", FetchedMessage(1, 1, raw, len(raw), None), AddressTemplate.parse("incoming+%{key}@example.com")
+    payload = JobPayload.from_message(
+        "m",
+        SourceMessage(MailboxKind.IMAP, 1, raw, len(raw), None, epoch=1),
+        AddressTemplate.parse("incoming+%{key}@example.com"),
     )
     for value in (payload.subject, payload.from_address, payload.message_id, payload.parse_error):
         if value is not None:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from mailroom.failed import parse_since
-from mailroom.queue import connect
+from mailroom.redis_client import connect
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 

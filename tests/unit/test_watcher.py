@@ -9,14 +9,19 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from mailroom.config import ImapMailbox
+from mailroom.config import ImapMailbox, MailboxKind
 from mailroom.errors import EnqueueError, ImapError
-from mailroom.imap.session import FetchedMessage, FolderState
+from mailroom.imap.session import FolderState
 from mailroom.imap.watcher import Backoff, MailboxWatcher
+from mailroom.source import SourceMessage
 
 CONFIG = ImapMailbox(
     name="support", host="127.0.0.1", security="none", username="u", password="p", batch_size=2
 )
+
+
+def _message(uid: int, raw: bytes, size: int, truncated: bool = False) -> SourceMessage[int]:
+    return SourceMessage(MailboxKind.IMAP, uid, raw, size, None, truncated, epoch=7)
 
 
 @dataclass
@@ -47,9 +52,9 @@ class FakeSession:
 
     def fetch(
         self, uids: Sequence[int], batch_size: int, max_size: int, max_batch_bytes: int
-    ) -> Iterator[list[FetchedMessage]]:
+    ) -> Iterator[list[SourceMessage[int]]]:
         for uid in uids:
-            yield [FetchedMessage(7, uid, self.messages[uid], len(self.messages[uid]), None)]
+            yield [_message(uid, self.messages[uid], len(self.messages[uid]))]
 
     def mark_done(self, uids: Sequence[int]) -> None:
         self.marked.extend(uids)
@@ -100,7 +105,7 @@ def test_a_failing_sink_leaves_the_batch_unmarked():
 def test_mail_announced_during_the_last_search_is_fetched_before_idling():
     session = FakeSession({1: b"a"}, arrivals={2: {2: b"late"}})
     delivered = []
-    _watcher(lambda batch: delivered.extend(m.uid for m in batch)).catch_up(session)
+    _watcher(lambda batch: delivered.extend(m.ref for m in batch)).catch_up(session)
     assert delivered == [1, 2]
     assert session.idles == 0
 
@@ -185,7 +190,7 @@ def test_announced_mail_after_a_renewal_is_fetched():
 
     session.idle = idle
     watcher = MailboxWatcher(
-        CONFIG, lambda batch: delivered.extend(m.uid for m in batch), stop, lambda c: session
+        CONFIG, lambda batch: delivered.extend(m.ref for m in batch), stop, lambda c: session
     )
     watcher.run()
     assert delivered == [1] and session.marked == [1]
@@ -195,7 +200,7 @@ def test_a_truncated_message_is_parked_never_marked_done():
     """With after_delivery: delete, marking a header-only job's message done would destroy it."""
     session = FakeSession({1: b"a", 2: b"big"})
     session.fetch = lambda uids, batch_size, max_size, max_bytes: iter(
-        [[FetchedMessage(7, 1, b"a", 1, None), FetchedMessage(7, 2, b"header", 10**9, None, truncated=True)]]
+        [[_message(1, b"a", 1), _message(2, b"header", 10**9, truncated=True)]]
     )
     session.pending_uids = lambda: [] if session.marked or session.parked else [1, 2]
     _watcher(lambda batch: None).catch_up(session)

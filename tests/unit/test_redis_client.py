@@ -6,7 +6,7 @@ from __future__ import annotations
 from redis._parsers import Encoder
 from redis.connection import PythonRespSerializer
 
-from mailroom.queue import CommandPacker
+from mailroom.redis_client import CommandPacker
 
 
 def test_small_and_big_commands_pack_to_the_same_protocol_bytes() -> None:
