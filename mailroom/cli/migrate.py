@@ -35,7 +35,12 @@ from mailroom.migrate import ImportRefused, Options, import_file, render
 )
 @click.option("--redis-url", help="the Redis mailroom queues to (default: mail_room's arbitration Redis)")
 @click.option("--rails-env", default="production", show_default=True, help="gitlab.yml's environment")
-@click.option("--env", "use_env", is_flag=True, help="resolve ERB ENV['X'] in non-secret options from now")
+@click.option(
+    "--env",
+    "use_env",
+    is_flag=True,
+    help="write ERB ENV['X'] in non-secret options with X's value in this shell",
+)
 @click.pass_context
 def import_command(
     ctx: click.Context,

@@ -156,10 +156,11 @@ class Converter:
             self._graph(box, out, where, email, folder)
         else:
             self._imap(box, out, where, email, folder)
-        out["address"] = self._address(address, email, where)
         self._after_delivery(box, out, where, graph)
         self._search(box, out, where, graph)
         self._delivery(box, out, where)
+        relay = str(out.get("webhook", {}).get("url", "")).rstrip("/").endswith(ACTION_MAILBOX_PATH)
+        out["address"] = self._address(address, email, where, catch_all=relay)
         self._arbitration(box, where)
         self._logger(box, where)
         if box.get("limit_max_unread"):
@@ -283,11 +284,14 @@ class Converter:
                                           "azure_ad_endpoint", "graph_endpoint"}):  # fmt: skip
             self.report.note(where, f"inbox_options.{key}", Severity.DROPPED, "not a mail_room Graph option")
 
-    def _address(self, address: str | None, email: Any, where: str) -> str:
+    def _address(self, address: str | None, email: Any, where: str, catch_all: bool = False) -> str:
         if self.options.address is not None:
             return self.options.address
         if address is not None:
             return address
+        if catch_all and "@" in str(email or ""):
+            # Action Mailbox routes by the recipients itself: the mailbox is a catch-all without keys.
+            return str(email)
         local, at, domain = str(email or "").partition("@")
         if not at:
             local, domain = "incoming", "example.com"

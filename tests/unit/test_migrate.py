@@ -142,6 +142,7 @@ def test_readme_examples_carry_their_postback_options() -> None:
         "password_file": "/s/ivan-webhook-password",
         "content_type": "message/rfc822",  # Faraday's form encoding would get 415 from Rails
     }
+    assert boxes["ivan"]["address"] == "ivan@example.com"  # Action Mailbox: a catch-all, no reply key
     text = render(result)
     for secret in ("alice-token", "ingress-password", "redis-password", "grace-client-secret"):
         assert f": {secret}" not in text and f":{secret}@" not in text
