@@ -10,6 +10,7 @@ One-shot commands log to stderr, so their stdout is only their output (one JSON 
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ def load_or_exit(ctx: click.Context, service: bool = False, *, start: bool = Fal
     if problems:
         for problem in problems:
             click.echo(f"config error: {problem}", err=True)
+        if ctx.params.get("as_json"):  # a script reading stdout gets one JSON document, errors too
+            click.echo(json.dumps({"error": "config error", "problems": problems}, ensure_ascii=False))
         ctx.exit(2)
     logs.configure(
         obj["log_format"] or settings.log_format, settings.log_level, None if service else sys.stderr

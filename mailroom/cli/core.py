@@ -20,13 +20,17 @@ SHUTDOWN_GRACE_SECONDS = 8.0
 
 
 @cli.command("check-config")
+@click.option("--json", "as_json", is_flag=True, help="the masked config as one JSON document")
 @click.pass_context
-def check_config(ctx: click.Context) -> None:
+def check_config(ctx: click.Context, as_json: bool) -> None:
     """Validate the configuration and print it with secrets masked (exit 2 if invalid).
 
     Also what every process checks at start: each secret file is read, the webhook secret decoded and
     each module:callable handler imported."""
     settings = load_or_exit(ctx, start=True)
+    if as_json:
+        click.echo(json.dumps(masked(settings), ensure_ascii=False, indent=2))
+        return
     click.echo(yaml.safe_dump(masked(settings), sort_keys=False), nl=False)
 
 

@@ -32,8 +32,7 @@ def _connect(ctx: click.Context, settings: Settings) -> redis.Redis:
     try:
         connection.ping()
     except RedisError as exc:
-        click.echo(f"error: Redis is not reachable: {type(exc).__name__}: {exc}", err=True)
-        ctx.exit(1)
+        _fail(ctx, f"Redis is not reachable: {type(exc).__name__}: {exc}", bool(ctx.params.get("as_json")))
     return connection
 
 

@@ -48,6 +48,7 @@ def test_every_json_command_prints_one_document(redis_url, imap_account, tmp_pat
     assert mailroom(config, "inject", str(eml), "--json")[0]["key"] == "json"
     assert mailroom(config, "inject", str(tmp_path / "none.eml"), "--json", code=1)["error"]
     assert {e["key"] for e in mailroom(config, "history", "--json")} == {"k0", "k1", "k2", "json"}
+    assert mailroom(config, "check-config", "--json")["mailboxes"][0]["password"] == "**********"
 
     checked = {r["name"]: r for r in mailroom(config, "check", "--json", code=1)}
     login = checked["support: login"]
@@ -65,7 +66,7 @@ def test_every_json_command_prints_one_document(redis_url, imap_account, tmp_pat
     assert dns["ok"] is False and dns["error"].startswith("DNS lookup failed")
 
 
-def test_config_errors_are_exit_2_and_name_the_problem(tmp_path):
+def test_config_errors_are_exit_2_and_json_too(tmp_path):
     config = tmp_path / "bad.yml"
     config.write_text(yaml.safe_dump({"redis_url": "redis://127.0.0.1:1/0", "mailboxes": [{"name": "x"}]}))
     done = subprocess.run(
@@ -75,4 +76,6 @@ def test_config_errors_are_exit_2_and_name_the_problem(tmp_path):
         timeout=60,
         check=False,
     )
-    assert done.returncode == 2 and done.stdout == "" and "config error" in done.stderr
+    assert done.returncode == 2 and "config error: mailboxes.0" in done.stderr
+    error = json.loads(done.stdout)  # a script reading stdout still gets one document
+    assert error["error"] == "config error" and error["problems"][0].startswith("mailboxes.0")

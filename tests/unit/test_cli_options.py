@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,14 @@ def test_nested_commands_and_services_take_the_options_after_their_name(tmp_path
     assert missing.exit_code == 2 and "none.yml" in missing.output
     grouped = CliRunner().invoke(cli, ["failed", "--config", str(tmp_path / "none.yml"), "list"])
     assert grouped.exit_code == 2 and "none.yml" in grouped.output
+
+
+@pytest.mark.parametrize(
+    "args", [["failed", "list"], ["history"], ["requeue", "--all"], ["failed", "show", "x"]]
+)
+def test_with_json_an_unreachable_redis_is_a_json_error_too(tmp_path, monkeypatch, args):
+    monkeypatch.delenv("MAILROOM_CONFIG", raising=False)
+    a = config(tmp_path / "a.yml", "redis://127.0.0.1:9/0")  # nothing listens on port 9
+    result = CliRunner().invoke(cli, [*args, "--json", "--config", str(a)])
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["error"].startswith("Redis is not reachable")
