@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from mailroom.config import MAX_IDLE_TIMEOUT, clear_text_off_loopback, search_keys
-from mailroom.migrate.erb import PLACEHOLDER, EnvRef, ErbValue, FileRef
+from mailroom.migrate.erb import PLACEHOLDER, EnvRef, ErbValue, FileRef, KeptElsewhere
 from mailroom.migrate.notes import Report, Severity
 
 GITLAB_JWT_HEADER = "Gitlab-Mailroom-Api-Request"
@@ -111,6 +111,9 @@ class Converter:
         ref = self.erb[int(match.group(1))] if match is not None else value
         if isinstance(ref, FileRef):
             return ref.path
+        if isinstance(ref, KeptElsewhere):
+            self.report.note(where, option, Severity.ACTION, f"{ref.hint}: write it to {default} (chmod 600)")
+            return default
         if isinstance(ref, EnvRef):
             self.report.note(
                 where,

@@ -45,6 +45,13 @@ class EnvRef:
     source: str
 
 
+@dataclass(frozen=True)
+class KeptElsewhere:
+    """A secret the source does not hold (GitLab's encrypted settings): ``hint`` says where it is."""
+
+    hint: str
+
+
 ErbValue = FileRef | EnvRef
 
 

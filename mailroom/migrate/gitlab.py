@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailroom.migrate.convert import GITLAB_API_PATH, GITLAB_JWT_HEADER, GITLAB_JWT_ISSUER, JWT_ALGORITHM
-from mailroom.migrate.erb import FileRef
+from mailroom.migrate.erb import FileRef, KeptElsewhere
 from mailroom.migrate.notes import Report, Severity
 
 SECTIONS = ("incoming_email", "service_desk_email")
@@ -100,13 +100,11 @@ def from_gitlab_yml(
         if config.get("inbox_method") == "microsoft_graph":
             box["inbox_method"] = "microsoft_graph"
             box["inbox_options"] = dict(config.get("inbox_options") or {})
-        if config.get("encrypted_secret_file"):
-            report.note(
-                section,
-                "encrypted_secret_file",
-                Severity.ACTION,
-                "GitLab's encrypted credentials cannot be read here: `gitlab-rake gitlab:incoming_email:"
-                "secret:show` shows them; write the password to the password_file named below",
+        if box["password"] is None and box.get("inbox_method") != "microsoft_graph":
+            # Omnibus and source installs may keep it in GitLab's encrypted settings instead.
+            box["password"] = KeptElsewhere(
+                f"not in gitlab.yml (GitLab's encrypted settings hold it: `gitlab-rake gitlab:{section}:"
+                "secret:show` shows it)"
             )
         if config["delivery_method"] == "webhook":
             base = str(gitlab_url or config.get("gitlab_url") or "")

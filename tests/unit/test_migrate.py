@@ -85,6 +85,16 @@ def test_gitlab_yml_other_environment_and_disabled_sections() -> None:
     assert any("incoming_email: enabled: not enabled" in n for n in _notes(result))
 
 
+def test_a_password_in_gitlabs_encrypted_settings_becomes_a_file_to_fill() -> None:
+    text = "production:\n  incoming_email:\n    enabled: true\n    address: in+%{key}@example.com\n"
+    text += "    user: in@example.com\n    host: imap.example.com\n    ssl: true\n"
+    text += "    delivery_method: webhook\n    gitlab_url: http://127.0.0.1:8080\n"
+    result = import_text(text, Options(secrets_dir="/s"))
+    (box,) = result.config["mailboxes"]
+    assert box["password_file"] == "/s/incoming_email-password"
+    assert any("gitlab-rake gitlab:incoming_email:secret:show" in n for n in _notes(result, Severity.ACTION))
+
+
 def test_helm_values_need_the_workhorse_url() -> None:
     with pytest.raises(ImportRefused) as refused:
         _import("helm-values.yml")
