@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import scenarios
+from bench import hostile, scenarios
 from bench.drain import REPO
 from devstack import Dovecot, RedisServer
 
@@ -45,7 +45,8 @@ class Plan:
     rq_jobs: int = 300  # RQ's stock workers run some tens of jobs a second: fewer jobs for them
     worker_processes: tuple[int, ...] = (1, 2)
     webhook_delay: float = 0.02
-    only: tuple[str, ...] = field(default=("drain", "idle", "big", "scaling", "workers"))
+    hostile_size: int = 2 * MIB
+    only: tuple[str, ...] = field(default=("drain", "idle", "big", "scaling", "workers", "hostile"))
 
 
 FULL = Plan()
@@ -58,6 +59,7 @@ QUICK = Plan(
     scaling_new=500,
     worker_jobs=600,
     rq_jobs=60,
+    hostile_size=256 * 1024,
 )
 CONTENDERS = ("mailroom", "raw")
 
@@ -162,6 +164,9 @@ def run(plan: Plan, stack: scenarios.Stack, say: Callable[[str], None] = print) 
                 runs[kind].append(kinds[kind]())
         ratios = {k: _paired(runs[k], runs["floor"], "jobs_per_s") for k in kinds if k != "floor"}
         record("workers", runs, ratios)
+
+    if "hostile" in plan.only:  # no servers: parse times of hostile mail next to plain mail of its size
+        out["hostile"] = {"rows": hostile.as_json(hostile.run(plan.hostile_size, plan.rounds, say))}
     return out
 
 
@@ -221,6 +226,9 @@ def table(results: dict[str, Any], plan: Plan) -> str:
         row("", left, right, third)
 
     for name, data in results.items():
+        if name == "hostile":
+            lines.extend(["", "6. " + hostile.table([hostile.Row.from_json(r) for r in data["rows"]])])
+            continue
         s, ratios = data["summary"], data["ratios"]
         m, raw = s.get("mailroom"), s.get("raw")
         if name.startswith("drain_"):
@@ -301,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one round (about a minute)")
     parser.add_argument("--rounds", type=int, help="rounds per scenario (default 3, quick 1)")
-    parser.add_argument("--only", help="comma-separated: drain,idle,big,scaling,workers")
+    parser.add_argument("--only", help="comma-separated: drain,idle,big,scaling,workers,hostile")
     parser.add_argument("--out", type=Path, help="JSON file (default bench/results/<UTC time>.json)")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL

@@ -32,8 +32,11 @@ from email.utils import parsedate_to_datetime
 from typing import Any, ParamSpec, TypeVar
 
 from mailroom.keys import (
+    ADDRESS_BUDGET_CHARS,
     KEY_HEADERS,
     REFERENCE_HEADERS,
+    ROUGH_BUDGET_CHARS,
+    AddressBudget,
     AddressTemplate,
     addresses,
     find_reply_key_by_name,
@@ -42,6 +45,8 @@ from mailroom.keys import (
 
 __all__ = [
     "MAX_HEADER_BYTES",
+    "MAX_MIME_DEPTH",
+    "MAX_MIME_PARTS",
     "Attachment",
     "MessageBody",
     "ParsedMessage",
@@ -55,6 +60,14 @@ MAX_HEADER_BYTES = 2 * 1024 * 1024
 MAX_ADDRESS_CHARS = 64 * 1024
 MAX_SUBJECT_CHARS = 16 * 1024
 MAX_ERROR_CHARS = 500
+# What one header-derived field (message_id, from, subject, in_reply_to) may hold: it is logged, stored in the
+# job's description and the history, and shown by the CLI. The raw message keeps the whole value. Longer
+# than any real one (RFC 5322 lines stop at 998 characters); the key has its own, refusing bound
+# (keys.MAX_KEY_CHARS).
+MAX_FIELD_CHARS = 998
+# The stdlib header parser (for the unusual block: bare CR, a line that is not a header...) costs ~30 times
+# the fast split per byte, so it reads at most this much of such a block; real header blocks are a few KiB.
+MAX_SLOW_HEADER_BYTES = 64 * 1024
 
 # The LF (CR) LF of a blank line. Its literal first byte lets the regex engine skip ahead to each LF, where
 # r"\r?\n\r?\n" would be tried at every byte of the header block (see _header_end).
@@ -140,6 +153,7 @@ def parse_message(raw: bytes, template: AddressTemplate, *, recipients: bool = T
     left empty), for the watcher's hot path; the reply key is found either way.
     """
     problems: list[str] = []
+    budget = AddressBudget()
     headers = _attempt(problems, [], _read_headers, raw, problems)
     first = dict(reversed(headers))  # name -> its first value
     every: dict[str, list[str]] = {}  # name -> all values in message order, for the reply key's headers
@@ -148,21 +162,30 @@ def parse_message(raw: bytes, template: AddressTemplate, *, recipients: bool = T
             every.setdefault(name, []).append(value)
 
     # Each step on its own: a failure goes to problems, the step's default is used, the rest still runs.
-    reply_key = _attempt(problems, None, find_reply_key_by_name, every, template)
-    from_address = _attempt(problems, None, _first_address, first.get("from", ""))
+    reply_key = _attempt(problems, None, find_reply_key_by_name, every, template, budget, problems)
+    from_address = _attempt(problems, None, _first_address, first.get("from", ""), budget)
     auto_reply, bounce = _attempt(problems, (False, False), _flags, first, from_address)
     message_id = _attempt(problems, None, _first_message_id, first.get("message-id", ""))
     to: tuple[str, ...] = ()
     cc: tuple[str, ...] = ()
     if recipients:
-        to = _attempt(problems, (), _all_addresses, every.get("to", ()))
-        cc = _attempt(problems, (), _all_addresses, every.get("cc", ()))
+        to = _attempt(problems, (), _all_addresses, every.get("to", ()), budget)
+        cc = _attempt(problems, (), _all_addresses, every.get("cc", ()), budget)
     subject = _attempt(problems, None, _subject, first.get("subject"), problems)
     date: str | None = None
     in_reply_to: str | None = None
     if recipients:
         date = _attempt(problems, None, _iso_date, first.get("date"))
         in_reply_to = _attempt(problems, None, _first_message_id, first.get("in-reply-to", ""))
+    if budget.rough:
+        problems.append(
+            f"address headers past {ADDRESS_BUDGET_CHARS} characters of unusual syntax were read roughly"
+            + (f", past {ROUGH_BUDGET_CHARS} not at all" if budget.skipped else "")
+        )
+    message_id = _capped(message_id, "Message-ID", problems)
+    from_address = _capped(from_address, "From", problems)
+    subject = _capped(subject, "Subject", problems)
+    in_reply_to = _capped(in_reply_to, "In-Reply-To", problems)
 
     # Positional, in field order: keyword arguments would cost about a microsecond per message.
     return ParsedMessage(
@@ -199,6 +222,10 @@ def _read_headers(raw: bytes, problems: list[str]) -> list[tuple[str, str]]:
     fast = _split_simple_headers(block, problems)
     if fast is not None:
         return fast
+    if len(block) > MAX_SLOW_HEADER_BYTES:
+        cut = block.rfind(b"\n", 0, MAX_SLOW_HEADER_BYTES)
+        block = block[: cut if cut > 0 else MAX_SLOW_HEADER_BYTES]
+        problems.append(f"unusual header block: only its first {MAX_SLOW_HEADER_BYTES} bytes were read")
     message = BytesHeaderParser(policy=policy.compat32).parsebytes(block)
     if message.defects:
         problems.append("header defects: " + ", ".join(sorted({type(d).__name__ for d in message.defects})))
@@ -324,19 +351,26 @@ def _subject(subject: str | None, problems: list[str]) -> str | None:
     return decode_words(subject, problems)
 
 
-def _addresses(value: str) -> list[str]:
-    return addresses(value[:MAX_ADDRESS_CHARS], require_at=False) if value else []
+def _capped(value: str | None, name: str, problems: list[str]) -> str | None:
+    if value is None or len(value) <= MAX_FIELD_CHARS:
+        return value
+    problems.append(f"{name} longer than {MAX_FIELD_CHARS} characters, cut (the raw message has it whole)")
+    return value[:MAX_FIELD_CHARS]
 
 
-def _first_address(value: str) -> str | None:
-    found = _addresses(value)
+def _addresses(value: str, budget: AddressBudget) -> list[str]:
+    return addresses(value[:MAX_ADDRESS_CHARS], require_at=False, budget=budget) if value else []
+
+
+def _first_address(value: str, budget: AddressBudget) -> str | None:
+    found = _addresses(value, budget)
     return found[0] if found else None
 
 
-def _all_addresses(values: Iterable[str]) -> tuple[str, ...]:
+def _all_addresses(values: Iterable[str], budget: AddressBudget) -> tuple[str, ...]:
     found: list[str] = []
     for value in values:
-        found.extend(_addresses(value))
+        found.extend(_addresses(value, budget))
     return tuple(found)
 
 
@@ -382,18 +416,110 @@ def _flags(first: dict[str, str], from_address: str | None) -> tuple[bool, bool]
 
 
 def parse_body(raw: bytes) -> MessageBody:
-    """Text, HTML and attachment list of ``raw``. Never raises."""
+    """Text, HTML and attachment list of ``raw``. Never raises; linear in the size of ``raw``.
+
+    The MIME parsers see :func:`mime_view` of the message: its MIME structure, bounded (see there).
+    """
+    problems: list[str] = []
+    raw = mime_view(raw, problems)
     try:
-        return _body_with_mailparser(raw)
+        body = _body_with_mailparser(raw)
+        return MessageBody(body.text, body.html, body.attachments, _one_line(problems))
     except Exception as exc:  # noqa: BLE001 - mail-parser raises anything on hostile MIME; the stdlib is next
-        first_error = _describe(exc)
+        problems.append(f"mail-parser: {_describe(exc)}")
     try:
         body = _body_with_stdlib(raw)
     except Exception as exc:  # noqa: BLE001 - a parse failure is data, never an escaping exception
-        return MessageBody(
-            None, None, (), _one_line([f"mail-parser: {first_error}", f"stdlib: {_describe(exc)}"])
-        )
-    return MessageBody(body.text, body.html, body.attachments, _one_line([f"mail-parser: {first_error}"]))
+        return MessageBody(None, None, (), _one_line([*problems, f"stdlib: {_describe(exc)}"]))
+    return MessageBody(body.text, body.html, body.attachments, _one_line(problems))
+
+
+def mime_view(raw: bytes, problems: list[str]) -> bytes:
+    """What the MIME parsers need of ``raw``, with bounded cost: text, HTML and attachments are the same.
+
+    * The top-level header keeps only its MIME fields (``Content-*``, ``MIME-Version``): mail-parser decodes
+      every top-level header, in quadratic time for RFC 2047 words (a 1.4 MB encoded Subject cost 13 s).
+    * The message is cut (each cut goes to ``problems``) before a ``Content-*`` field longer than
+      :data:`MAX_MIME_FIELD_CHARS` (a file name of encoded words is decoded in quadratic time), before the
+      multipart that nests deeper than :data:`MAX_MIME_DEPTH` (the stdlib checks every line against every
+      open boundary), and before part number :data:`MAX_MIME_PARTS` + 1.
+    """
+    end = _header_end(raw, len(raw))
+    head, rest = (raw[:end], raw[end:]) if end >= 0 else (raw, b"")
+    view = _mime_fields(head) + rest
+    cut, why = _mime_cut(view)
+    if cut < len(view):
+        problems.append(f"MIME structure cut at byte {cut}: {why}")
+        view = view[:cut]
+    return view
+
+
+MAX_MIME_FIELD_CHARS = 16 * 1024
+MAX_MIME_DEPTH = 32
+MAX_MIME_PARTS = 1000
+_LINE_BREAK = re.compile(rb"(\r\n|\r|\n)")
+_HEADER_NAME = re.compile(rb"([\041-\071\073-\176]*):")
+_DELIMITER = re.compile(rb"\n--([^\r\n]*)")
+_BOUNDARY = re.compile(rb'boundary\*?[0-9]*\*?[ \t\r\n]*=[ \t\r\n]*"?([^";\r\n]*)')
+_CONTENT_FIELD = re.compile(rb"\ncontent-[^\n]*(?:\n[ \t][^\n]*)*")
+
+
+def _mime_fields(head: bytes) -> bytes:
+    """The header block without its non-MIME fields. A line that is neither a field nor a continuation
+    ends the header for the parsers: it and what follows are kept as they are."""
+    pieces = _LINE_BREAK.split(head)  # line, break, line, break, ..., line
+    kept: list[bytes] = []
+    keep = True
+    for i in range(0, len(pieces), 2):
+        line = pieces[i]
+        brk = pieces[i + 1] if i + 1 < len(pieces) else b""
+        if line[:1] in (b" ", b"\t"):
+            pass  # a continuation: goes with its field
+        elif line.startswith(b"From "):
+            keep = not i  # an mbox envelope line: the parser skips it
+        else:
+            name = _HEADER_NAME.match(line)
+            if name is None:
+                return b"".join(kept) + b"".join(pieces[i:])
+            lowered = name.group(1).lower()
+            keep = lowered.startswith(b"content-") or lowered == b"mime-version"
+        if keep:
+            kept += (line, brk)
+    return b"".join(kept)
+
+
+def _mime_cut(view: bytes) -> tuple[int, str]:
+    """Where the MIME parsers' input must end for bounded cost, and why (``len(view)``: nowhere)."""
+    cut, why = len(view), ""
+    lowered = view.lower()
+    for field in _CONTENT_FIELD.finditer(lowered):
+        if field.end() - field.start() > MAX_MIME_FIELD_CHARS:
+            cut, why = field.start() + 1, f"a Content-* field longer than {MAX_MIME_FIELD_CHARS} characters"
+            break
+    # Boundary declarations and delimiter lines in order: a rough model of the parser's stack of open
+    # multiparts, enough to see nesting and part counts (a declaration in a text body counts too).
+    events = [(m.start(), True, m.group(1).rstrip()) for m in _BOUNDARY.finditer(lowered, 0, cut)]
+    events += [(m.start() + 1, False, m.group(1).rstrip()) for m in _DELIMITER.finditer(lowered, 0, cut)]
+    events.sort(key=lambda event: event[0])
+    stack: list[bytes] = []
+    parts = 0
+    for position, declared, name in events:
+        if declared:
+            stack.append(name)
+            if len(stack) > MAX_MIME_DEPTH:
+                line = lowered.rfind(b"\n", 0, position) + 1
+                return line, f"multiparts nested deeper than {MAX_MIME_DEPTH}"
+            continue
+        closing = name.endswith(b"--") and name[:-2] in stack
+        boundary = name[:-2] if closing else name
+        if boundary not in stack:
+            continue
+        del stack[stack.index(boundary) + (0 if closing else 1) :]
+        if not closing:
+            parts += 1
+            if parts > MAX_MIME_PARTS:
+                return position, f"more than {MAX_MIME_PARTS} MIME parts"
+    return cut, why
 
 
 def _body_with_mailparser(raw: bytes) -> MessageBody:

@@ -28,6 +28,7 @@ TINY = Plan(
     worker_jobs=8,
     rq_jobs=4,
     worker_processes=(1,),
+    hostile_size=16 * 1024,
 )
 
 
@@ -44,8 +45,10 @@ def test_every_scenario_runs_and_counts_match() -> None:
             stack = scenarios.Stack(dovecot, redis_server, root)
             results: dict[str, Any] = run(TINY, stack, say=lambda line: None)
 
-    expected = {"drain_60", "idle", "big", "scaling_50", "workers"}
+    expected = {"drain_60", "idle", "big", "scaling_50", "workers", "hostile"}
     assert set(results) == expected
+    hostile = results.pop("hostile")["rows"]
+    assert len(hostile) > 10 and all(set(r["seconds"]) == {"watcher", "parse", "worker"} for r in hostile)
     for name, data in results.items():
         assert set(data) == {"runs", "summary", "ratios"}, name
         for contender, runs in data["runs"].items():

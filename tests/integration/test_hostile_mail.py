@@ -4,10 +4,13 @@ server holds, nothing escapes the parser, and an oversized message is parked wit
 from __future__ import annotations
 
 import base64
+import io
+import json
 import os
 import time
 
 import pytest
+import redis
 from prometheus_client import REGISTRY
 from rq.job import Job
 from rq.registry import FailedJobRegistry
@@ -15,6 +18,7 @@ from rq.serializers import JSONSerializer
 
 from devstack import append_messages, count, make_message
 from devstack.mailbox import connect
+from mailroom import history, logs
 from tests.chaos.harness import drain, imap
 from tests.support import handled, mailbox_config, queue, use_config, wait_for, watching, write_config
 
@@ -130,3 +134,35 @@ def test_oversized_message_stays_on_the_server_even_with_delete(
         wait_for(lambda: count(*imap(imap_account), criteria="ALL") == 1)  # the small one was deleted
         time.sleep(1)
     assert len(queue(redis_url)) == 2  # one job each: the parked message is not offered again
+
+
+def test_a_megabyte_message_id_and_key_stay_small_in_logs_jobs_and_history(
+    imap_account, redis_url, tmp_path, monkeypatch
+):
+    """A 1 MB Message-ID and a 1 MB key gave a 2 MB watcher log line, a 1 MB job description and a 2 MB
+    history record kept for days. The fields are capped (the key refused), the raw message is whole."""
+    huge = b"x" * 1_000_000
+    raw = (
+        b"From: Alice <alice@example.org>\r\nMessage-ID: <" + huge + b"@example.org>\r\n"
+        b"To: incoming+" + huge + b"@example.com\r\nSubject: hello\r\n\r\nbody\r\n"
+    )
+    append_messages(*imap(imap_account), [raw])
+    settings = use_config(
+        monkeypatch, write_config(tmp_path / "c.yml", redis_url, mailbox_config(imap_account))
+    )
+    out = io.StringIO()
+    logs.configure("json", stream=out)
+    try:
+        with watching(settings):
+            wait_for(lambda: count(*imap(imap_account)) == 0, timeout=60)
+    finally:
+        logs.configure("json")
+    (line,) = [json.loads(x) for x in out.getvalue().splitlines() if '"message_enqueued"' in x]
+    assert len(json.dumps(line)) < 4_000, len(json.dumps(line))
+    assert line["reply_key"] is None and "refused" in line["parse_error"]
+    (job,) = queue(redis_url).jobs
+    assert len(job.description) < 2_000 and job.args[0]["key"] is None
+    assert base64.b64decode(job.args[0]["raw"]) == _server_bytes(imap_account)[1]
+    connection = redis.Redis.from_url(redis_url)
+    record = connection.hgetall(history.RECORD_PREFIX + job.id)
+    assert record and sum(len(k) + len(v) for k, v in record.items()) < 4_000

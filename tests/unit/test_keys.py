@@ -10,6 +10,8 @@ from mailroom.keys import (
     AddressTemplate,
     ReplyKey,
     find_reply_key,
+    find_reply_key_by_name,
+    key_problem,
     reply_message_id,
 )
 
@@ -206,3 +208,29 @@ def test_a_plain_address_is_a_catch_all_whose_mail_has_no_key() -> None:
     assert find_reply_key(headers, template) is None
     with pytest.raises(ValueError, match="no %\\{key\\}"):
         template.fill("abc")
+
+
+@pytest.mark.parametrize(
+    ("key", "why"),
+    [
+        ("a\x00b", "NUL"),
+        ("a\x1bb", "control"),
+        ("a\x7fb", "control"),
+        ("caf\u00e9", "non-ASCII"),
+        ("k" * 257, "longer than 256"),
+    ],
+)
+def test_a_key_with_nul_control_or_non_ascii_characters_is_refused(key: str, why: str) -> None:
+    """Such a "key" never reaches an application: the search goes on, and the reason is reported."""
+    problems: list[str] = []
+    headers = {"to": [f"incoming+{key}@example.com"], "cc": ["incoming+good@example.com"]}
+    assert find_reply_key_by_name(headers, TEMPLATE, problems=problems) == ReplyKey("good", "Cc")
+    assert len(problems) == 1 and problems[0].startswith("reply key in To refused") and why in problems[0]
+    assert key_problem(key) is not None
+    refs = {"references": [f"<reply-{key}@app.example.com>"]}
+    assert find_reply_key_by_name(refs, TEMPLATE) is None
+
+
+def test_printable_keys_are_keys() -> None:
+    for key in ("abc123", "a.b+c-d_e/f=g", "k" * 256, "!#$%&'*+/=?^_`{|}~"):
+        assert key_problem(key) is None

@@ -9,7 +9,14 @@ from typing import Any
 import pytest
 
 from mailroom.keys import AddressTemplate
-from mailroom.message import Attachment, MessageBody, ParsedMessage, parse_body, parse_message
+from mailroom.message import (
+    MAX_FIELD_CHARS,
+    Attachment,
+    MessageBody,
+    ParsedMessage,
+    parse_body,
+    parse_message,
+)
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 TEMPLATE = AddressTemplate.parse("incoming+%{key}@example.com")
@@ -226,3 +233,27 @@ def test_body_falls_back_to_stdlib(monkeypatch: pytest.MonkeyPatch) -> None:
     alt = parse_body(load("multipart_alternative_rfc2047.eml"))
     assert alt.text is not None and "Grüße" in alt.text
     assert alt.html is not None and "<p>" in alt.html
+
+
+def test_header_derived_fields_are_capped_and_the_cut_noted() -> None:
+    huge = "x" * 300_000
+    raw = (
+        f"Message-ID: <{huge}@example.org>\r\nFrom: {huge[:5000]}@example.org\r\nSubject: {huge}\r\n"
+        f"In-Reply-To: <{huge}>\r\nTo: incoming+{huge}@example.com, incoming+fine@example.com\r\n\r\nbody\r\n"
+    ).encode()
+    parsed = parse_message(raw, TEMPLATE)
+    for value in (parsed.message_id, parsed.from_address, parsed.subject, parsed.in_reply_to):
+        assert value is not None and len(value) == MAX_FIELD_CHARS
+    assert parsed.key == "fine"  # the 1 MB key is refused, never cut into another key
+    error = parsed.parse_error or ""
+    for name in ("Message-ID", "From", "In-Reply-To"):
+        assert f"{name} longer than {MAX_FIELD_CHARS} characters, cut" in error
+    assert "reply key in To refused: longer than" in error
+
+
+def test_a_key_with_control_characters_is_not_a_key() -> None:
+    raw = b"To: incoming+a\x1bb@example.com\r\nSubject: s\r\n\r\nbody\r\n"
+    parsed = parse_message(raw, TEMPLATE)
+    assert parsed.key is None and "reply key in To refused: contains control characters" in (
+        parsed.parse_error or ""
+    )
