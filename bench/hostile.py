@@ -178,7 +178,7 @@ def run(size: int, rounds: int, say: Callable[[str], None] = lambda _: None) -> 
 def table(rows: list[Row]) -> str:
     budget = ", ".join(f"{s} {b * 1000:.0f} ms" for s, b in BUDGET_S_PER_MIB.items())
     lines = [
-        f"Hostile mail: worst CPU ms per family, x its plain twin (budget per MiB: {budget}; x{MAX_RATIO:.0f})",
+        f"Hostile mail: worst CPU ms per family, x its plain twin (per MiB: {budget}; x{MAX_RATIO:.0f})",
         "",
         f"  {'family':<28}{'bytes':>10}" + "".join(f"{stage:>22}" for stage in STAGES) + "  verdict",
     ]
