@@ -282,13 +282,13 @@ def iter_failed(
     queues: Iterable[str],
     filters: Filters | None = None,
     limit: int | None = None,
-    page_size: int = PAGE_SIZE,
+    page_size: int | None = None,
 ) -> Iterator[FailedMessage]:
     """The failed jobs matching ``filters``, oldest failure first across the queues, streamed: memory
     stays flat however many there are."""
     filters = filters or Filters()
     scans = [
-        _scan(connection, name, filters, page_size)
+        _scan(connection, name, filters, page_size or PAGE_SIZE)
         for name in queues
         if filters.queue is None or name == filters.queue
     ]

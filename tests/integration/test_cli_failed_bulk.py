@@ -182,3 +182,19 @@ def test_history_limit_must_be_positive(stack):
     config, _ = stack
     refused = run(config, "history", "--limit", "-1")
     assert refused.exit_code == 2 and "--limit" in refused.output and "-1" in refused.output
+
+
+def test_requeue_all_across_many_pages_misses_nothing(stack, redis_url, monkeypatch):
+    """Paging by rank while requeueing shifts the ranks: each page's next offset counts only what is left."""
+    import mailroom.failed
+
+    config, settings = stack
+    fail_messages(config, settings, redis_url, 7)
+    monkeypatch.setattr(mailroom.failed, "PAGE_SIZE", 2)
+    dry = run(config, "requeue", "--all", "--key", "k3", "--dry-run", "--json")
+    assert [o["done"] for o in json.loads(dry.stdout)] == [True]
+    some = run(config, "requeue", "--all", "--limit", "3", "--json")
+    assert len(json.loads(some.stdout)) == 3 and len(listed(config)) == 4
+    rest = run(config, "requeue", "--all")
+    assert rest.exit_code == 0 and "requeued 4 message(s)" in rest.stdout
+    assert listed(config) == [] and len(queue(redis_url)) == 7
