@@ -139,11 +139,23 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     """The root handler configure() installs (and replaces on the next call)."""
 
 
+class _JsonHandler(_Handler):
+    """JSON mode: each record as one line through structlog's printer, on the stream structlog writes
+    to and under its lock, so a library's line never interleaves with ours (stdout and stderr are
+    often the same file, and print() writes a line and its newline separately)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            structlog.PrintLogger(_Output.stream or sys.stdout).msg(self.format(record))
+        except Exception:  # noqa: BLE001 - logging must never raise into the caller
+            self.handleError(record)
+
+
 def _library_logs(use_json: bool, level: int) -> None:
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, _Handler)]:
         root.removeHandler(handler)
-    handler = _Handler(sys.stderr)
+    handler = _JsonHandler() if use_json else _Handler(sys.stderr)
     handler.setFormatter(JsonLines() if use_json else logging.Formatter("%(message)s"))
     root.addHandler(handler)
     root.setLevel(level)

@@ -53,3 +53,23 @@ def test_console_format_goes_through_structlog(capsys: pytest.CaptureFixture[str
     logs.info_many({"mailbox": "support"}, EVENTS)
     text = capsys.readouterr().out
     assert "message_enqueued" in text and "hunter2" not in text and not text.startswith("{")
+
+
+def test_library_records_are_json_lines_in_json_mode(capsys):
+    import logging
+
+    from mailroom import logs
+
+    logs.configure("json", "info")
+    try:
+        logging.getLogger("rq.worker").info("Worker %s: \x1b[32mstarted\x1b[39;49;00m", "w1")
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            logging.getLogger("rq.worker").error("failed", exc_info=True)
+        out = capsys.readouterr().out.splitlines()
+        first, second = (json.loads(line) for line in out[-2:])
+        assert first["event"] == "Worker w1: started" and first["logger"] == "rq.worker"
+        assert second["level"] == "error" and "RuntimeError: boom" in second["exception"]
+    finally:
+        logs.configure("console", "info")
