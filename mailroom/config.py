@@ -666,6 +666,9 @@ class Settings(BaseSettings):
     job_timeout: int = Field(default=300, gt=0, description="seconds a handler may run")
     result_ttl: int = Field(default=24 * 3600, ge=0, description="seconds finished jobs are kept")
     failure_ttl: int = Field(default=30 * 24 * 3600, gt=0, description="seconds failed jobs are kept")
+    keep_handled_raw: bool = Field(
+        default=False, description="keep a handled message's raw bytes in its finished job (result_ttl)"
+    )
     guard_ttl: int = Field(
         default=90 * 24 * 3600, gt=0, description="seconds a (mailbox, UIDVALIDITY, UID) stays claimed"
     )

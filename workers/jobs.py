@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 import structlog
 from rq import get_current_job
+from rq.job import Job
 
 from mailroom.config import Settings, load_settings
 from mailroom.schema import JobPayload, PayloadError
@@ -81,6 +82,7 @@ def handle_email(data: dict[str, Any]) -> dict[str, Any]:
     )
     if (payload.auto_reply or payload.bounce) and _skips_auto_replies(payload.mailbox):
         jlog.info("email_skipped", reason="bounce" if payload.bounce else "auto_reply")
+        _drop_raw(job, data)
         return {"handled": False, "skipped": "auto_reply"}
     if payload.truncated:
         reject(settings(), payload, "too_large")
@@ -110,7 +112,15 @@ def handle_email(data: dict[str, Any]) -> dict[str, Any]:
         jlog.warning("handler_failed", error=f"{type(exc).__name__}: {exc}")
         raise
     jlog.info("email_handled", handler=settings().mailbox(payload.mailbox).handler)
+    _drop_raw(job, data)
     return {"handled": True, "result": result if isinstance(result, (str, int, float, bool)) else None}
+
+
+def _drop_raw(job: Job | None, data: dict[str, Any]) -> None:
+    """The job succeeded: unless ``keep_handled_raw``, the finished job RQ saves next (kept for result_ttl)
+    holds the payload without the message bytes (``raw`` empty). A failed job keeps them."""
+    if job is not None and not settings().keep_handled_raw:
+        job.args = ({**data, "raw": ""}, *job.args[1:])
 
 
 def _skips_auto_replies(mailbox: str) -> bool:
