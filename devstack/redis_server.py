@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -29,11 +30,20 @@ class RedisServer:
     which is what reconnect tests need.
     """
 
-    def __init__(self, workdir: Path, port: int | None = None, persistent: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        persistent: bool = False,
+        replica_of: RedisServer | None = None,
+        args: Sequence[str] = (),
+    ) -> None:
         self.workdir = Path(workdir)
         # persistent: an append-only file fsynced on every write, so a SIGKILL loses no acknowledged
         # write (the production setup the reliability promises assume); data survives restart().
         self.persistent = persistent
+        self.replica_of = replica_of  # a replica (--replicaof) of that server
+        self.args = tuple(args)  # more redis-server options, e.g. ("--maxmemory-policy", "allkeys-lru")
         self._port_given = port is not None
         self.port = port if port is not None else free_port()
         self.log_path = self.workdir / "redis.log"
@@ -88,7 +98,10 @@ class RedisServer:
             "--dir", str(self.workdir),
             "--daemonize", "no",
             "--logfile", str(self.log_path),
+            *self.args,
         ]  # fmt: skip
+        if self.replica_of is not None:
+            cmd += ["--replicaof", self.replica_of.host, str(self.replica_of.port)]
         self._proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
@@ -137,6 +150,15 @@ class RedisServer:
     def kill(self) -> None:
         """Abrupt death (SIGKILL), for chaos tests."""
         self._terminate(signal.SIGKILL)
+
+    def pause(self) -> None:
+        """SIGSTOP: the process holds its connections but answers nothing (a hung or partitioned node)."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGCONT)
 
     def restart(self) -> Self:
         """Stop (if running) and start again on the same port; data is lost unless ``persistent``."""

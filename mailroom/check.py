@@ -3,9 +3,10 @@
 For every IMAP mailbox: TCP, TLS (certificate verified), login, folder selectable, the after_delivery
 folder present (move:<folder>; mailroom does not create it), IDLE offered, messages waiting undone.
 For every Microsoft Graph mailbox: the client-credentials token granted, the folder
-reachable, messages waiting undone. Then Redis reachable, at least one worker on each queue, the failed
+reachable, messages waiting undone. Then Redis reachable, its eviction policy (✗ unless noeviction),
+persistence and replicas (mailroom.redis_safety), at least one worker on each queue, the failed
 registries' size.
-Warnings (no IDLE: mailroom polls; failed jobs waiting) do not make the check fail.
+Warnings (no IDLE: mailroom polls; failed jobs waiting; Redis persistence off) do not make the check fail.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from redis.exceptions import RedisError
 from rq import Queue, Worker
 from rq.serializers import JSONSerializer
 
+from mailroom import redis_safety
 from mailroom.config import GraphMailbox, ImapMailbox, OAuth2Config, Security, Settings
 from mailroom.errors import GraphError, ImapAuthError, ImapError, ImapFolderError, TokenError
 from mailroom.imap.session import ImapSession
@@ -55,6 +57,10 @@ def _ok(name: str, detail: str) -> Result:
 
 def _fail(name: str, detail: str) -> Result:
     return Result(name, Outcome.FAIL, detail)
+
+
+def _warn(name: str, detail: str) -> Result:
+    return Result(name, Outcome.WARN, detail)
 
 
 def check_mailbox(config: ImapMailbox) -> Iterator[Result]:
@@ -184,6 +190,7 @@ def check_redis(settings: Settings, connection: redis.Redis) -> Iterator[Result]
         return
     yield _ok("redis", "PING answered")
     try:
+        yield from check_redis_safety(settings, redis_safety.inspect(connection))
         for name in settings.queues():
             queue = Queue(name, connection=connection, serializer=JSONSerializer)
             workers = Worker.count(queue=queue)
@@ -197,6 +204,35 @@ def check_redis(settings: Settings, connection: redis.Redis) -> Iterator[Result]
             yield Result(f"failed:{name}", outcome, f"{failed} failed job(s){hint}")
     except RedisError as exc:
         yield _fail("redis", f"{type(exc).__name__}: {exc}")
+
+
+def check_redis_safety(settings: Settings, safety: redis_safety.RedisSafety) -> Iterator[Result]:
+    """Eviction policy (✗ unless noeviction), persistence (! when off), replicas and the WAIT they get."""
+    problem = redis_safety.eviction_problem(safety)
+    if problem is not None:
+        yield _fail("redis:eviction", problem)
+    elif safety.eviction_policy is None:
+        yield _warn("redis:eviction", "maxmemory_policy not in INFO memory: make sure it is noeviction")
+    else:
+        yield _ok("redis:eviction", "maxmemory-policy noeviction: a full Redis refuses writes, drops none")
+    problem = redis_safety.persistence_problem(safety)
+    if problem is not None:
+        yield _warn("redis:persistence", problem)
+    elif safety.aof_enabled is None:
+        yield _warn("redis:persistence", "aof_enabled not in INFO persistence: make sure AOF is on")
+    else:
+        fsync = safety.appendfsync or "unknown (CONFIG GET refused): make sure it is everysec or always"
+        yield _ok("redis:persistence", f"AOF on, appendfsync {fsync}")
+    replicas = safety.connected_replicas
+    acks = redis_safety.replica_acks(settings, replicas)
+    known = "unknown" if replicas is None else str(replicas)
+    detail = f"{known} connected; each enqueue waits for {acks} acknowledgement(s) (WAIT)"
+    if acks and replicas is not None and replicas < acks:
+        yield _fail("redis:replicas", f"{detail}: fewer replicas than redis_min_replica_acks, enqueues fail")
+    elif not acks and replicas:
+        yield _warn("redis:replicas", f"{detail}: a failover can lose the last acknowledged jobs")
+    else:
+        yield _ok("redis:replicas", detail)
 
 
 def run_checks(settings: Settings, connection: redis.Redis) -> Iterator[Result]:

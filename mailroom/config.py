@@ -684,6 +684,14 @@ class Settings(BaseSettings):
         gt=0,
         description="seconds a watcher replica holds a mailbox's lease; unset: every replica watches all",
     )
+    redis_min_replica_acks: int | None = Field(
+        default=None,
+        ge=0,
+        description="replicas that must acknowledge each enqueue (WAIT); unset: 1 if replicas are attached",
+    )
+    redis_replica_ack_timeout: float = Field(
+        default=2.0, gt=0, description="seconds an enqueue waits for those acknowledgements"
+    )
 
     @field_validator("redis_url")
     @classmethod

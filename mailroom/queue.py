@@ -25,7 +25,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from rq.utils import now
 
-from mailroom import history
+from mailroom import history, redis_safety
 from mailroom.config import MailboxConfig, Settings
 from mailroom.errors import EnqueueError
 from mailroom.schema import JobPayload
@@ -74,6 +74,18 @@ class MailQueue:
         self.settings = settings
         self._queues: dict[str, Queue] = {}
         self._script = connection.register_script(_ENQUEUE_BATCH)
+        self._replica_acks = settings.redis_min_replica_acks  # None: resolved at the first enqueue
+
+    def replica_acks(self) -> int:
+        """Replicas each enqueue waits for (WAIT): the setting, else 1 if replicas were connected when
+        this queue first wrote. Fixed from then on: a replica that goes away must not lower the bar."""
+        if self._replica_acks is None:
+            try:
+                replicas = redis_safety.connected_replicas(self.connection)
+            except RedisError as exc:
+                raise EnqueueError(f"Redis did not answer INFO: {type(exc).__name__}: {exc}") from exc
+            self._replica_acks = redis_safety.replica_acks(self.settings, replicas)
+        return self._replica_acks
 
     def rq_queue(self, name: str) -> Queue:
         if name not in self._queues:
@@ -98,14 +110,28 @@ class MailQueue:
             args += (guard_key(payload), job_id, job.data(payload), job.description(payload))
             if names:
                 args += history.record_values(payload, now)
+        acks = self.replica_acks()
+        timeout = self.settings.redis_replica_ack_timeout
         try:
             with self.connection.pipeline(transaction=False) as pipe:
                 self._script(args=args, client=pipe)
                 if history_ttl > 0:
                     history.trim_in_pipeline(pipe, history_ttl, self.settings.history_max_entries, now)
-                created = pipe.execute()[0]
+                if acks:
+                    # In the same round trip: WAIT answers once `acks` replicas have every write of this
+                    # connection so far (the script's included), or at the timeout with the count so far.
+                    pipe.wait(acks, max(1, int(timeout * 1000)))
+                replies = pipe.execute()
         except RedisError as exc:
             raise EnqueueError(f"Redis did not take the batch: {type(exc).__name__}: {exc}") from exc
+        created = replies[0]
+        if acks and int(replies[-1]) < acks:
+            # The jobs are on the primary but could die with it in a failover: not acknowledged, so the
+            # batch stays unmarked. Its retry finds the guards, writes nothing, and WAITs again.
+            raise EnqueueError(
+                f"only {int(replies[-1])} of {acks} Redis replica(s) acknowledged the batch within"
+                f" {timeout:g} s (redis_min_replica_acks)"
+            )
         return [
             Enqueued(payload, job_id, new=bool(new))
             for payload, job_id, new in zip(payloads, job_ids, created, strict=True)

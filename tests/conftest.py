@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -62,8 +63,9 @@ def make_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
     """Factory for private, started RedisServers; all are stopped at teardown."""
     servers: list[RedisServer] = []
 
-    def factory(port: int | None = None) -> RedisServer:
-        server = RedisServer(tmp_path / f"redis{len(servers)}", port=port)
+    def factory(port: int | None = None, **options: Any) -> RedisServer:
+        """``options``: RedisServer's (persistent, replica_of, args)."""
+        server = RedisServer(tmp_path / f"redis{len(servers)}", port=port, **options)
         servers.append(server)
         return server.start()
 

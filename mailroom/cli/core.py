@@ -14,7 +14,7 @@ import click
 import yaml
 
 from mailroom.cli.base import cli, load_or_exit
-from mailroom.config import DEFAULT_ADDRESS, INCOMING_ADDRESS_ENV, masked
+from mailroom.config import DEFAULT_ADDRESS, INCOMING_ADDRESS_ENV, Settings, masked
 
 SHUTDOWN_GRACE_SECONDS = 8.0
 
@@ -45,6 +45,7 @@ def watch(ctx: click.Context) -> None:
     if not settings.mailboxes:
         click.echo("config error: mailboxes: configure at least one mailbox to watch", err=True)
         ctx.exit(2)
+    _refuse_unsafe_redis(ctx, settings)
     sentry.init(settings, "watcher")
     stop = threading.Event()
     _stop_on_signals(stop)
@@ -55,6 +56,21 @@ def watch(ctx: click.Context) -> None:
         server.stop()
     clean = watchers.join(SHUTDOWN_GRACE_SECONDS)
     ctx.exit(0 if clean else 1)
+
+
+def _refuse_unsafe_redis(ctx: click.Context, settings: Settings) -> None:
+    """An evicting Redis loses or doubles mail the watcher has already marked done: exit 2, one line."""
+    from mailroom.queue import connect
+    from mailroom.redis_safety import refusal_at_start
+
+    connection = connect(settings.redis_url)
+    try:
+        refusal = refusal_at_start(connection, settings)
+    finally:
+        connection.close()
+    if refusal is not None:
+        click.echo(f"redis error: {refusal}", err=True)
+        ctx.exit(2)
 
 
 def _stop_on_signals(stop: threading.Event) -> None:

@@ -117,7 +117,8 @@ def test_check_probes_token_folder_and_waiting(tmp_path, redis_url, oauth, graph
     assert f"✓ cloud: token: client mailroom: granted by {oauth.token_url}" in lines
     assert f"✓ cloud: folder: inbox of {USER} reachable (5 messages)" in lines
     assert "✓ cloud: waiting: 4 message(s) not yet done" in lines
-    assert not any(line.startswith(("✗", "!")) for line in lines), lines
+    # (the test Redis runs without persistence: that warning is expected)
+    assert not any(line.startswith(("✗", "!")) and "redis:persistence" not in line for line in lines), lines
     assert exit_code == 0
     assert_no_secret_or_token(output, oauth)
     assert len(oauth.tokens) == 1  # one token, reused for every delta page
