@@ -60,7 +60,7 @@ def watch(ctx: click.Context) -> None:
 
 def _refuse_unsafe_redis(ctx: click.Context, settings: Settings) -> None:
     """An evicting Redis loses or doubles mail the watcher has already marked done: exit 2, one line."""
-    from mailroom.queue import connect
+    from mailroom.redis_client import connect
     from mailroom.redis_safety import refusal_at_start
 
     connection = connect(settings.redis_url)

@@ -17,7 +17,8 @@ from devstack import RedisServer, append_messages, count, make_message
 from mailroom.cli import cli
 from mailroom.config import load_settings
 from mailroom.errors import EnqueueError
-from mailroom.queue import MailQueue, connect
+from mailroom.queue import MailQueue
+from mailroom.redis_client import connect
 from mailroom.redis_safety import refusal_at_start
 from mailroom.schema import JobPayload
 from tests.support import (
