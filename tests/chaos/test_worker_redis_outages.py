@@ -60,10 +60,7 @@ def test_redis_killed_twice_while_two_workers_run_500_jobs(persistent_redis, tmp
     assert len(calls) == N and len(ids) == N
     assert codes == [0, 0]
     not_json = [
-        line
-        for log in logs
-        for line in log.read_text().splitlines()
-        if line.strip() and not _is_json(line)
+        line for log in logs for line in log.read_text().splitlines() if line.strip() and not _is_json(line)
     ]
     assert not not_json, "\n".join(not_json[:10])  # every line, RQ's and the outage's included
     text = "".join(log.read_text() for log in logs)
