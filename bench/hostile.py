@@ -3,8 +3,9 @@
 ``python -m bench.hostile [--size BYTES] [--rounds N]`` (``make bench`` runs it too, see bench/run.py). No
 servers: it times the two parses every message gets, on this machine, in this process.
 
-* **watcher**: what the IMAP watcher does per message before the enqueue (``to_payload``: parse_message
-  without recipients, the capped fields, the payload), on the thread every mailbox of the process shares;
+* **watcher**: what the IMAP watcher does per message before the enqueue (``JobPayload.from_message``:
+  parse_message without recipients, the capped fields, the payload), on the thread every mailbox of the
+  process shares;
 * **parse**: ``parse_message`` with recipients, as ``mailroom parse`` and handlers calling it do;
 * **worker**: ``parse_body``, what ``IncomingEmail.body`` costs a handler that reads the text.
 
@@ -26,10 +27,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from mailroom.app import to_payload
-from mailroom.imap.session import FetchedMessage
+from mailroom.config import MailboxKind
 from mailroom.keys import AddressTemplate
 from mailroom.message import parse_body, parse_message
+from mailroom.schema import JobPayload
+from mailroom.source import SourceMessage
 
 TEMPLATE = AddressTemplate.parse("incoming+%{key}@example.com")
 MIB = 1024 * 1024
@@ -116,7 +118,9 @@ def plain(total: int, header: int) -> bytes:
 
 
 def _watcher(raw: bytes) -> None:
-    to_payload("bench", FetchedMessage(1, 1, raw, len(raw), datetime.now(UTC)), TEMPLATE)
+    JobPayload.from_message(
+        "bench", SourceMessage(MailboxKind.IMAP, 1, raw, len(raw), datetime.now(UTC), epoch=1), TEMPLATE
+    )
 
 
 def _parse(raw: bytes) -> None:

@@ -19,6 +19,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from mailroom import terminal
+
 _SECRET_WORDS = ("password", "secret", "token", "authorization", "raw", "body")
 
 
@@ -103,6 +105,7 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
             timestamp,
             redact,
             structlog.processors.format_exc_info,
+            *(() if use_json else (terminal.sanitize_values,)),  # JSON escapes control characters itself
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
