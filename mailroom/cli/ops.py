@@ -264,7 +264,7 @@ def _report(
             else:
                 skipped += 1
                 if out is None:
-                    click.echo(f"skip: {outcome.reason}", err=True)
+                    click.echo(f"skip: {clean(outcome.reason)}", err=True)
     if out is not None:
         out.close()
     else:

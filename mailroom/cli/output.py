@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 import click
 
+from mailroom.terminal import sanitize
+
 WIDTH = 120  # a table's lines are at most this long
 PROGRESS_AFTER = 20  # a progress bar for more items than this (or any count on a terminal)
 _HEAD_ROWS = 200  # a streamed table's column widths come from its first rows
@@ -20,15 +22,14 @@ T = TypeVar("T")
 
 
 def clean(text: str | None) -> str:
-    """One line of printable text: whitespace runs (newlines included) become one space, and other
-    control characters (a terminal's escape sequences from hostile mail) are dropped."""
-    text = " ".join((text or "").split())
-    return "".join(c for c in text if c.isprintable())
+    """One line of terminal-safe text: whitespace runs (newlines included) become one space, and every
+    other non-printable character (a terminal's escape sequence from hostile mail) shows as its escape."""
+    return sanitize(" ".join((text or "").split()))
 
 
 def printable(text: str) -> str:
-    """Several lines as they are (indentation kept, for a traceback), less the control characters."""
-    return "\n".join("".join(c for c in line if c.isprintable() or c == "\t") for line in text.splitlines())
+    """Several lines as they are (indentation kept, for a traceback), terminal-safe."""
+    return sanitize(text, keep_newlines=True)
 
 
 def cut(text: str, width: int) -> str:

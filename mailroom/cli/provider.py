@@ -119,7 +119,7 @@ def show(ctx: click.Context, address: str, as_json: bool) -> None:
         click.echo(json.dumps(record.as_dict(), indent=2))
         return
     for name, value in record.as_dict().items():
-        click.echo(f"{name}: {value if value is not None else '-'}")
+        click.echo(f"{name}: {clean(str(value)) if value is not None else '-'}")
 
 
 @suppressions.command()
