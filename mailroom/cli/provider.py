@@ -24,11 +24,11 @@ def webhooks(ctx: click.Context, host: str | None, port: int | None) -> None:
     404 with an empty body. A key file is followed: a rewritten (rotated) key takes effect within a
     second or so, without a restart. Prometheus metrics are served on provider.metrics_port when set.
     """
-    import uvicorn
     from prometheus_client import REGISTRY, start_http_server
 
     from mailroom.provider.mailgun_stats import MailgunStats
     from mailroom.provider.metrics import register_suppression_size
+    from mailroom.provider.server import serve
     from mailroom.provider.suppression import SuppressionList
     from mailroom.provider.webhooks import create_app, signing_key_source
     from mailroom.redis_client import connect
@@ -54,15 +54,11 @@ def webhooks(ctx: click.Context, host: str | None, port: int | None) -> None:
             ).start()
         start_http_server(provider.metrics_port)
     app = create_app(provider, connection, signing_key_source(provider))
-    uvicorn.run(
+    serve(
         app,
-        host=host or provider.webhook_host,
-        port=provider.webhook_port if port is None else port,
-        proxy_headers=False,  # nothing depends on the client address; logs show the proxy's
-        timeout_keep_alive=5,
-        limit_concurrency=200,
-        h11_max_incomplete_event_size=16 * 1024,
-        log_level=settings.log_level,
+        host or provider.webhook_host,
+        provider.webhook_port if port is None else port,
+        settings.log_level,
     )
 
 

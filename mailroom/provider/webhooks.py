@@ -123,7 +123,7 @@ def verify(body: bytes, key: str, now: float, tolerance: int) -> Verified:
     """The verified call in ``body``, or :class:`Unverified` naming what is wrong. Pure."""
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # JSON nested 100,000 deep is malformed too
         raise Unverified(Reason.MALFORMED) from None
     if not isinstance(data, dict):
         raise Unverified(Reason.MALFORMED)
