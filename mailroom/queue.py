@@ -74,17 +74,24 @@ class MailQueue:
         self.settings = settings
         self._queues: dict[str, Queue] = {}
         self._script = connection.register_script(_ENQUEUE_BATCH)
-        self._replica_acks = settings.redis_min_replica_acks  # None: resolved at the first enqueue
+        self._replica_acks: int | None = None  # set by the checks before the first write
 
     def replica_acks(self) -> int:
         """Replicas each enqueue waits for (WAIT): the setting, else 1 if replicas were connected when
-        this queue first wrote. Fixed from then on: a replica that goes away must not lower the bar."""
+        this queue first wrote. Fixed from then on: a replica that goes away must not lower the bar.
+
+        Before that first write, the Redis is checked as ``watch`` checks it at start (which it cannot
+        when Redis is away then): an evicting Redis is refused, at every attempt, with EnqueueError.
+        """
         if self._replica_acks is None:
             try:
-                replicas = redis_safety.connected_replicas(self.connection)
+                safety = redis_safety.inspect(self.connection)
             except RedisError as exc:
                 raise EnqueueError(f"Redis did not answer INFO: {type(exc).__name__}: {exc}") from exc
-            self._replica_acks = redis_safety.replica_acks(self.settings, replicas)
+            problem = redis_safety.eviction_problem(safety)
+            if problem is not None:
+                raise EnqueueError(f"refusing to queue mail: {problem}")
+            self._replica_acks = redis_safety.replica_acks(self.settings, safety.connected_replicas)
         return self._replica_acks
 
     def rq_queue(self, name: str) -> Queue:

@@ -35,6 +35,7 @@ from tests.support import (
 pytestmark = pytest.mark.integration
 
 MakeRedis = Callable[..., RedisServer]
+MAILBOX = {"name": "support", "host": "127.0.0.1", "username": "u", "password": "p"}
 
 
 def _check(tmp_path: Path, url: str, **top: object) -> tuple[int, list[str]]:
@@ -99,6 +100,19 @@ def test_watch_starts_on_a_noeviction_redis_without_persistence(
     server = make_redis()
     settings = load_settings(write_config(tmp_path / "c.yml", server.url))
     assert refusal_at_start(connect(server.url), settings) is None  # persistence off: a warning only
+
+
+def test_an_evicting_redis_is_refused_at_the_first_enqueue(make_redis: MakeRedis, tmp_path: Path) -> None:
+    """For a watcher that started while Redis was away (so watch could not check it), and for inject."""
+    server = make_redis(args=["--maxmemory-policy", "volatile-lru"])
+    settings = load_settings(write_config(tmp_path / "c.yml", server.url, MAILBOX))
+    mail = MailQueue(connect(server.url), settings)
+    for _ in range(2):  # refused at every attempt, not only the first
+        with pytest.raises(EnqueueError, match="refusing to queue mail: maxmemory-policy is volatile-lru"):
+            mail.enqueue_batch(settings.mailboxes[0], [_payload(1)])
+    assert server.client().dbsize() == 0
+    server.client().config_set("maxmemory-policy", "noeviction")
+    assert [r.new for r in mail.enqueue_batch(settings.mailboxes[0], [_payload(1)])] == [True]
 
 
 def _replicated(make_redis: MakeRedis) -> tuple[RedisServer, RedisServer]:
