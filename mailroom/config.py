@@ -617,6 +617,11 @@ class RejectionsConfig(_Model):
     reasons: tuple[RejectionReason, ...] = ("no_key", "unknown_key", "sender_not_allowed", "too_large")
     once_per: int = Field(default=24 * 3600, gt=0, description="seconds: one reply per sender and reason")
     message_id_host: str | None = Field(default=None, description="default: the from_address domain")
+    trusted_authserv_ids: tuple[str, ...] = Field(
+        default=(),
+        description="authserv-ids of your receiving servers' Authentication-Results: a reply goes to the "
+        "envelope sender only when one of them shows SPF or DKIM passing for it (none: never sent)",
+    )
 
 
 class WorkerConfig(_Model):

@@ -50,6 +50,7 @@ __all__ = [
     "Attachment",
     "MessageBody",
     "ParsedMessage",
+    "header_fields",
     "parse_body",
     "parse_message",
 ]
@@ -202,6 +203,13 @@ def parse_message(raw: bytes, template: AddressTemplate, *, recipients: bool = T
         bounce,
         _one_line(problems),
     )
+
+
+def header_fields(raw: bytes) -> list[tuple[str, str]]:
+    """The (name, value) pairs of ``raw``'s header in message order, as :func:`parse_message` reads them:
+    names lowercase, values unfolded and 8-bit decoded (not RFC 2047-decoded). Never raises."""
+    problems: list[str] = []
+    return _attempt(problems, [], _read_headers, raw, problems)
 
 
 def _read_headers(raw: bytes, problems: list[str]) -> list[tuple[str, str]]:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import redis
 import yaml
+from prometheus_client import REGISTRY
 from rq.registry import FailedJobRegistry
 
 from mailroom.config import SmtpConfig
@@ -66,7 +67,7 @@ def configure(tmp_path: Path, redis_url: str, smtp: SmtpServer, monkeypatch: pyt
                 }
             ],
             "smtp": smtp_section(smtp),
-            "rejections": {"enabled": enabled},
+            "rejections": {"enabled": enabled, "trusted_authserv_ids": [AUTHSERV]},
         }
         path = tmp_path / "mailroom.yml"
         path.write_text(yaml.safe_dump(config))
@@ -79,6 +80,21 @@ def configure(tmp_path: Path, redis_url: str, smtp: SmtpServer, monkeypatch: pyt
     return apply
 
 
+AUTHSERV = "mx.app.example"
+UNVOUCHED = "sender_not_authenticated"
+
+
+def received_as(sender: str, auth: str | None = "spf=pass smtp.mailfrom={sender}") -> bytes:
+    """The header the receiving server writes: Return-Path (the envelope sender), its own
+    Authentication-Results on top; then what the sender wrote."""
+    address = sender.strip()
+    results = f"Authentication-Results: {AUTHSERV}; {auth.format(sender=address)}\r\n" if auth else ""
+    return (
+        f"Return-Path: <{address}>\r\n{results}From: {address}\r\nSubject: SECRET-SUBJECT\r\n\r\n"
+        "SECRET-BODY\r\n"
+    ).encode()
+
+
 def payload(sender: str, key: str | None, **over: Any) -> JobPayload:
     uid = next(_uids)
     fields: dict[str, Any] = dict(
@@ -86,7 +102,7 @@ def payload(sender: str, key: str | None, **over: Any) -> JobPayload:
         received_at="2024-01-01T00:00:00+00:00", size=100, truncated=False,
         message_id=f"m{uid}@mua.example", key=key, key_header="To" if key else None,
         from_address=sender, subject=f"hello {uid}", auto_reply=False, bounce=False, parse_error=None,
-        raw=b"From: x\r\n\r\nbody\r\n",
+        raw=received_as(sender),
     )  # fmt: skip
     fields.update(over)
     return JobPayload(**fields)
@@ -198,3 +214,50 @@ def test_mailer_wrong_password_is_an_smtp_error(redis_url: str, smtp: SmtpServer
         mailer.send(message)
     assert smtp.recorder.received == []
     assert smtp.recorder.failed_logins >= 1  # smtplib tries PLAIN, then LOGIN
+
+
+def _skipped(outcome: str) -> float:
+    sample = REGISTRY.get_sample_value("mailroom_provider_rejections_skipped_total", {"why": outcome})
+    return sample or 0.0
+
+
+@pytest.mark.parametrize(
+    ("raw", "outcome"),
+    [
+        (b"From: jane@example.org\r\n\r\nbody\r\n", "no_sender"),
+        (received_as("jane@example.org", auth=None), UNVOUCHED),
+        (received_as("jane@example.org", auth="spf=fail smtp.mailfrom={sender}; dkim=none"), UNVOUCHED),
+        (received_as("jane@example.org", auth="spf=pass smtp.mailfrom=other@evil.example"), UNVOUCHED),
+        (received_as("jane@example.org", auth="dkim=pass header.d=evil.example"), UNVOUCHED),
+        (
+            received_as("jane@example.org").replace(AUTHSERV.encode(), b"mx.forged.example"),
+            UNVOUCHED,
+        ),
+        (b"Return-Path: <>\r\n" + received_as("jane@example.org"), "no_sender"),
+    ],
+    ids=["no-return-path", "no-auth-results", "spf-fail", "spf-other-sender", "dkim-other-domain",
+         "untrusted-authserv", "null-sender"],
+)  # fmt: skip
+def test_no_backscatter_a_sender_the_receiving_server_does_not_vouch_for_gets_nothing(
+    configure: Any, redis_url: str, smtp: SmtpServer, raw: bytes, outcome: str
+) -> None:
+    """A forged sender must not make mailroom mail a third party: the rejection is recorded, not sent."""
+    before = _skipped(outcome)
+    process(redis_url, payload("jane@example.org", None, raw=raw))
+    assert smtp.recorder.received == []
+    assert _skipped(outcome) == before + 1
+    failed = FailedJobRegistry("incoming_email", connection=redis.Redis.from_url(redis_url))
+    assert failed.count == 1  # the message itself is kept, as every rejected one
+
+
+def test_the_reply_goes_to_the_envelope_sender_and_echoes_nothing(
+    configure: Any, redis_url: str, smtp: SmtpServer
+) -> None:
+    """RFC 3834: to Return-Path, not From (here a different, unauthenticated address); DKIM pass for the
+    envelope sender's domain is enough; neither the sender's Subject nor their body comes back."""
+    raw = received_as("bounces+x@lists.example.org", auth="dkim=pass header.d=example.org")
+    raw = raw.replace(b"From: bounces+x@lists.example.org", b"From: victim@elsewhere.example")
+    process(redis_url, payload("victim@elsewhere.example", None, raw=raw, subject="SECRET-SUBJECT"))
+    ((_, rcpts, message),) = smtp.recorder.received
+    assert rcpts == ["bounces+x@lists.example.org"] and message["To"] == "bounces+x@lists.example.org"
+    assert b"SECRET" not in message.as_bytes()
