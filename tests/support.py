@@ -3,20 +3,22 @@ workers, and a handler that records what it was given in Redis (its own record, 
 
 from __future__ import annotations
 
+import imaplib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import redis
 import yaml
+from imapclient.exceptions import IMAPClientError
 from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
 
 import workers.jobs
-from devstack import ImapAccount
+from devstack import ImapAccount, count
 from mailroom.app import Watchers, start_watchers
 from mailroom.config import Settings, load_settings
 from mailroom.imap.watcher import WatchLimits
@@ -100,3 +102,14 @@ def wait_for(condition: Callable[[], Any], timeout: float = 20.0, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         time.sleep(interval)
+
+
+def polled_count(
+    host: str, port: int, user: str, password: str, criteria: Sequence[str] = ("UNSEEN",)
+) -> int:
+    """devstack's count for a wait_for loop: -1 when Dovecot answers the polling login or SELECT with a
+    temporary error (seen on a loaded machine: UNAVAILABLE, SERVERBUG), so the loop asks again."""
+    try:
+        return count(host, port, user, password, criteria=criteria)
+    except (imaplib.IMAP4.error, IMAPClientError, OSError):
+        return -1
