@@ -45,8 +45,9 @@ class Plan:
     rq_jobs: int = 300  # RQ's stock workers run some tens of jobs a second: fewer jobs for them
     worker_processes: tuple[int, ...] = (1, 2)
     webhook_delay: float = 0.02
+    end_to_end: int = 10_000
     hostile_size: int = 2 * MIB
-    only: tuple[str, ...] = field(default=("drain", "idle", "big", "scaling", "workers", "hostile"))
+    only: tuple[str, ...] = field(default=("drain", "idle", "big", "scaling", "workers", "e2e", "hostile"))
 
 
 FULL = Plan()
@@ -59,6 +60,7 @@ QUICK = Plan(
     scaling_new=500,
     worker_jobs=600,
     rq_jobs=60,
+    end_to_end=1_000,
     hostile_size=256 * 1024,
 )
 CONTENDERS = ("mailroom", "raw")
@@ -164,6 +166,18 @@ def run(plan: Plan, stack: scenarios.Stack, say: Callable[[str], None] = print) 
                 runs[kind].append(kinds[kind]())
         ratios = {k: _paired(runs[k], runs["floor"], "jobs_per_s") for k in kinds if k != "floor"}
         record("workers", runs, ratios)
+
+    if "e2e" in plan.only:
+        n = plan.end_to_end
+        runs = {"watch_2_workers": [], "watch_only": []}
+        for r in range(plan.rounds):
+            for kind in _alternate(r, tuple(runs)):
+                say(f"end to end {n}: round {r + 1}/{plan.rounds} {kind}")
+                if kind == "watch_only":
+                    runs[kind].append(scenarios.backlog(stack, "mailroom", n))
+                else:
+                    runs[kind].append(scenarios.end_to_end(stack, n))
+        record("e2e", runs, {})
 
     if "hostile" in plan.only:  # no servers: parse times of hostile mail next to plain mail of its size
         out["hostile"] = {"rows": hostile.as_json(hostile.run(plan.hostile_size, plan.rounds, say))}
@@ -278,6 +292,11 @@ def table(results: dict[str, Any], plan: Plan) -> str:
                 _fmt(ratios["per_msg_vs_raw"], digits=2))  # fmt: skip
             row("   vs D = 0", _fmt(ratios["mailroom_per_msg_vs_empty"], digits=2),
                 _fmt(ratios["raw_per_msg_vs_empty"], digits=2))  # fmt: skip
+        elif name == "e2e":
+            n = data["runs"]["watch_2_workers"][0]["n"]
+            section(f"6. End to end: {n} messages waiting -> all handled (log)", "msgs/s", "", "")
+            row("watch + 2 workers", _fmt(s["watch_2_workers"]["handled_per_s"]))
+            row("watch only, until queued", _fmt(s["watch_only"]["queued_per_s"]))
         elif name == "workers":
             n = data["runs"]["log_1"][0]["n"]
             section(
@@ -309,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one round (about a minute)")
     parser.add_argument("--rounds", type=int, help="rounds per scenario (default 3, quick 1)")
-    parser.add_argument("--only", help="comma-separated: drain,idle,big,scaling,workers,hostile")
+    parser.add_argument("--only", help="comma-separated: drain,idle,big,scaling,workers,e2e,hostile")
     parser.add_argument("--out", type=Path, help="JSON file (default bench/results/<UTC time>.json)")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL

@@ -451,3 +451,37 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def end_to_end(stack: Stack, n: int, workers: int = 2) -> dict[str, Any]:
+    """``n`` messages waiting in a fresh mailbox; ``mailroom watch`` and ``workers`` worker processes
+    (log handler) started together; timed from the watcher's login until every job has finished."""
+    target = stack.new_user("e2e")
+    stack.dovecot.deliver_files(target.user, messages.messages(n))
+    status = stack.status(target)
+    assert status["unseen"] == n, status
+    stack.reset_redis()
+    connection = stack.redis
+    config = mailroom_config(target, stack.workdir / f"mailroom-{target.user}.yml")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    procs = []
+    for i in range(workers):
+        with (stack.workdir / f"e2e-worker-{i}.log").open("wb") as out:
+            argv = [*mailroom_argv(), "--config", str(config), "worker"]
+            procs.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env))
+    watcher = start("mailroom", target, stack.workdir)
+    finished_key = "rq:finished:incoming_email"
+    try:
+        connected = watcher.connected_at()
+        done = _wait(lambda: connection.zcard(finished_key) >= n, max(120.0, n / 20), "all handled", watcher)
+    finally:
+        watcher.stop()
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return {"n": n, "jobs": int(connection.zcard(finished_key)), "seconds": done - connected,
+            "handled_per_s": n / (done - connected)}  # fmt: skip

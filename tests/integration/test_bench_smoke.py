@@ -27,6 +27,7 @@ TINY = Plan(
     scaling_new=30,
     worker_jobs=8,
     rq_jobs=4,
+    end_to_end=20,
     worker_processes=(1,),
     hostile_size=16 * 1024,
 )
@@ -45,7 +46,7 @@ def test_every_scenario_runs_and_counts_match() -> None:
             stack = scenarios.Stack(dovecot, redis_server, root)
             results: dict[str, Any] = run(TINY, stack, say=lambda line: None)
 
-    expected = {"drain_60", "idle", "big", "scaling_50", "workers", "hostile"}
+    expected = {"drain_60", "idle", "big", "scaling_50", "workers", "e2e", "hostile"}
     assert set(results) == expected
     hostile = results.pop("hostile")["rows"]
     assert len(hostile) > 10 and all(set(r["seconds"]) == {"watcher", "parse", "worker"} for r in hostile)
