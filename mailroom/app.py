@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeAlias, cast
@@ -20,6 +20,7 @@ from mailroom.imap.watcher import MailboxWatcher, WatcherStatus, WatchLimits
 from mailroom.keys import AddressTemplate
 from mailroom.lease import Coordinator
 from mailroom.metrics import MailboxCollector, QueueCollector
+from mailroom.poison import FailureLedger
 from mailroom.queue import Enqueued, MailQueue
 from mailroom.redis_client import connect
 from mailroom.schema import JobPayload
@@ -48,6 +49,22 @@ def make_sink(mailbox: MailboxConfig, queue: MailQueue) -> Sink:
         _count(mailbox.name, results)
 
     return sink
+
+
+def make_unreadable_recorder(
+    mailbox: MailboxConfig, queue: MailQueue
+) -> Callable[[SourceMessage[Any], str], None]:
+    """The failed record of a message the server would not hand over (mailroom.poison): what could be
+    read of it (size, the header if the server gave it) and the server's words."""
+    template = AddressTemplate.parse(mailbox.address)
+
+    def record(message: SourceMessage[Any], words: str) -> None:
+        payload = JobPayload.from_message(mailbox.name, message, template)
+        words = words.encode("utf-8", "replace").decode("utf-8")
+        payload = replace(payload, parse_error=f"the server would not hand it over: {words}")
+        queue.record_unreadable(mailbox, payload, words)
+
+    return record
 
 
 def _enqueue_event(result: Enqueued) -> tuple[str, dict[str, Any]]:
@@ -134,7 +151,15 @@ def start_watchers(settings: Settings, stop: threading.Event, limits: WatchLimit
             # one token source per mailbox, kept across reconnects so its cached token is reused
             tokens = token_source_for(mailbox.name, mailbox.oauth2, timeout=mailbox.timeout)
             open_session = partial(ImapSession.open, tokens=tokens)
-        watcher = MailboxWatcher(mailbox, make_sink(mailbox, queue), stop, open_session, limits=limits)
+        watcher = MailboxWatcher(
+            mailbox,
+            make_sink(mailbox, queue),
+            stop,
+            open_session,
+            limits=limits,
+            ledger=FailureLedger(queue.connection, mailbox.name),
+            record_unreadable=make_unreadable_recorder(mailbox, queue),
+        )
         watcher.sink = _turning(watcher.sink, watcher.status)
         return watcher
 

@@ -4,7 +4,8 @@
     ├── ConfigError        bad configuration: the CLI prints each problem and exits 2
     ├── ImapError          the IMAP server or the connection to it failed (the watcher reconnects)
     │   ├── ImapAuthError  the server refused our credentials (retried with a capped backoff)
-    │   └── ImapFolderError a folder the configuration names does not exist (after_delivery: move:X)
+    │   ├── ImapFolderError a folder the configuration names does not exist (after_delivery: move:X)
+    │   └── FetchFailed    the server would not hand over these messages (NO, or BYE, to their FETCH)
     ├── EnqueueError       Redis did not acknowledge a job (the batch stays unmarked and is retried)
     ├── TokenError         no OAuth2 access token (endpoint refused the client or grant, or unreachable)
     └── GraphError         Microsoft Graph failed (the Graph watcher backs off and polls again)
@@ -38,6 +39,18 @@ class ImapAuthError(ImapError):
 
 class ImapFolderError(ImapError):
     """A folder the configuration names (``after_delivery: move:<folder>``) does not exist on the server."""
+
+
+class FetchFailed(ImapError):
+    """The server answered a FETCH of ``uids`` with NO or BAD, or said BYE while answering it: one of them
+    may be unreadable on the server (mailroom.poison bisects). ``words`` is what the server said;
+    ``connection_lost`` is True after a BYE."""
+
+    def __init__(self, message: str, uids: tuple[int, ...], words: str, connection_lost: bool) -> None:
+        super().__init__(message)
+        self.uids = uids
+        self.words = words
+        self.connection_lost = connection_lost
 
 
 class EnqueueError(MailroomError):

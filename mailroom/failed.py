@@ -35,8 +35,9 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.utils import utcparse
 
-from mailroom import history
+from mailroom import history, poison
 from mailroom.mailfiles import Writer, directory_writer, mbox_writer
+from mailroom.queue import UNREADABLE_META
 from mailroom.schema import JobPayload, PayloadError
 
 PAGE_SIZE = 200  # registry entries read per round trip
@@ -374,8 +375,21 @@ def _restore_retries(connection: redis.Redis, job_id: str) -> None:
 
 
 def requeue(connection: redis.Redis, job_id: str) -> FailedMessage:
-    """Move one failed job back to its own queue, data untouched. Raises NotFailed if it is not failed."""
+    """Move one failed job back to its own queue, data untouched. Raises NotFailed if it is not failed.
+
+    A message the server would not hand over (mailroom.poison) has no body to run a handler on: its record
+    is removed and its fetch failures forgotten instead, so the watcher fetches it again at its next
+    catch-up (new mail, or idle_timeout at the latest).
+    """
     item = get_failed(connection, job_id)
+    job = Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
+    p = _payload(connection, job_id) if job.meta.get(UNREADABLE_META) else None
+    if p is not None:
+        if not registry(connection, item.queue).remove(job, delete_job=True):
+            raise NotFailed(f"job {job_id!r} is no longer failed (requeued or deleted meanwhile)")
+        poison.forget_failed(connection, p.mailbox, p.uidvalidity, p.uid if p.uid is not None else "")
+        history.set_status(connection, job_id, history.Status.REQUEUED)
+        return item
     _restore_retries(connection, job_id)
     try:
         registry(connection, item.queue).requeue(job_id)

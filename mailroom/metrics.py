@@ -24,6 +24,14 @@ MESSAGES_MARKED = Counter("mailroom_messages_marked_total", "Messages marked don
 PARSE_ERRORS = Counter("mailroom_parse_errors_total", "Messages queued with a parse_error flag", ["mailbox"])
 AUTO_REPLIES = Counter("mailroom_auto_replies_total", "Messages flagged auto_reply or bounce", ["mailbox"])
 OVERSIZE = Counter("mailroom_messages_oversize_total", "Messages over max_message_size, parked", ["mailbox"])
+UNREADABLE = Counter(
+    "mailroom_messages_unreadable_total",
+    "Messages the server would not hand over (max_failures FETCHes failed): recorded failed, left unmarked",
+    ["mailbox"],
+)
+FETCH_FAILURES = Counter(
+    "mailroom_fetch_failures_total", "FETCHes the server refused (NO) or ended with BYE", ["mailbox"]
+)
 IMAP_RECONNECTS = Counter(
     "mailroom_imap_reconnects_total", "Connection or enqueue failures retried", ["mailbox"]
 )

@@ -22,6 +22,7 @@ import redis
 from redis.exceptions import RedisError
 from rq import Queue, Retry
 from rq.job import Job, JobStatus
+from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.utils import now
 
@@ -35,6 +36,10 @@ JOB_FUNCTION = "workers.jobs.handle_email"
 
 KEY_PREFIX = "mailroom:"
 GUARD_PREFIX = KEY_PREFIX + "guard:"
+
+# job.meta of a failed record for a message the server would not hand over (mailroom.poison): requeueing
+# it fetches the message again instead of running a handler on its header.
+UNREADABLE_META = "mailroom_unreadable"
 
 _PER_JOB_FIELDS = frozenset({"data", "description"})
 # RQ's JSON job data is [function, instance, args, kwargs]; the payload is the only argument.
@@ -143,6 +148,46 @@ class MailQueue:
             Enqueued(payload, job_id, new=bool(new))
             for payload, job_id, new in zip(payloads, job_ids, created, strict=True)
         ]
+
+    def record_unreadable(self, mailbox: MailboxConfig, payload: JobPayload, words: str) -> str:
+        """A message the server would not hand over (mailroom.poison), as a failed job with its own job
+        id: ``payload`` holds what could be read (size, the header if the server gave it), the traceback
+        the server's ``words``, and the history records it as failed. Returns the job id."""
+        queue = self.rq_queue(mailbox.queue)
+        job_id = job_id_for(payload)
+        error = f"mailroom.errors.FetchFailed: the server would not hand the message over: {words}"
+        job = queue.create_job(
+            JOB_FUNCTION,
+            args=(payload.to_json(),),
+            job_id=job_id,
+            timeout=self.settings.job_timeout,
+            result_ttl=self.settings.result_ttl,
+            failure_ttl=self.settings.failure_ttl,
+            description=JobTemplate.description(payload),
+            meta={UNREADABLE_META: True},
+            status=JobStatus.FAILED,
+        )
+        job.origin = queue.name
+        job.enqueued_at = job.ended_at = now()
+        ttl = self.settings.failure_ttl
+        stamp = time.time()
+        try:
+            with self.connection.pipeline() as pipe:
+                job.save(pipeline=pipe)
+                queue.failed_job_registry.add(job, ttl=ttl, exc_string=error, pipeline=pipe)
+                Result.create_failure(job, ttl, exc_string=error, pipeline=pipe)
+                if self.settings.history_ttl > 0:
+                    record = history.record_fields(payload, stamp)
+                    iso = record["updated_at"]
+                    record.update(status=history.Status.FAILED.value, error=error[:300])
+                    record["trail"] += f" {history.Status.FAILED.value}@{iso}"
+                    pipe.hset(history.RECORD_PREFIX + job_id, mapping=record)  # type: ignore[arg-type]
+                    pipe.expire(history.RECORD_PREFIX + job_id, self.settings.history_ttl)
+                    pipe.zadd(history.INDEX_KEY, {job_id: stamp})
+                pipe.execute()
+        except RedisError as exc:
+            raise EnqueueError(f"Redis did not take the failed record: {type(exc).__name__}: {exc}") from exc
+        return job_id
 
     def _job_template(self, mailbox: MailboxConfig, queue: Queue) -> JobTemplate:
         """The RQ job hash for this mailbox's messages, as ``Queue.enqueue_call`` would store it.

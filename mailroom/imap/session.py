@@ -25,7 +25,7 @@ from imapclient.exceptions import LoginError
 from imapclient.util import to_bytes
 
 from mailroom.config import AfterDeliveryAction, AuthMethod, ImapMailbox, MailboxKind, Security
-from mailroom.errors import ImapAuthError, ImapError, ImapFolderError, TokenError
+from mailroom.errors import FetchFailed, ImapAuthError, ImapError, ImapFolderError, TokenError
 from mailroom.imap import wire
 from mailroom.oauth2 import OAUTHBEARER, TokenSource, choose_mechanism, token_source_for
 from mailroom.source import SourceMessage
@@ -48,14 +48,43 @@ class FolderState:
 
 
 @contextmanager
-def _translated(action: str) -> Iterator[None]:
+def _translated(action: str, uids: Sequence[int] = ()) -> Iterator[None]:
+    """imapclient's, imaplib's and the socket's exceptions as ImapError; with ``uids`` (a FETCH of them),
+    a NO, BAD or BYE in answer as FetchFailed."""
     try:
         yield
+    except (wire.Refused, wire.Bye) as exc:
+        if not uids:
+            raise ImapError(f"{action} failed: {_one_line(exc)}") from exc
+        raise FetchFailed(
+            f"{action} of {len(uids)} message(s) failed: {_one_line(exc)}",
+            tuple(uids),
+            " ".join(exc.text.split())[:300],
+            connection_lost=isinstance(exc, wire.Bye),
+        ) from exc
     except LoginError as exc:
         raise ImapAuthError(f"login refused: {_one_line(exc)}") from exc
     except (imaplib.IMAP4.error, OSError, ValueError) as exc:
         # imaplib.IMAP4.error covers imapclient's errors and aborts; OSError covers socket, timeout and TLS.
         raise ImapError(f"{action} failed: {type(exc).__name__}: {_one_line(exc)}") from exc
+
+
+@contextmanager
+def _imapclient_refusals(imap: imaplib.IMAP4) -> Iterator[None]:
+    """imapclient's NO/BAD (IMAP4.error) and BYE (IMAP4.abort) as wire's Refused and Bye, for a FETCH
+    sent through imapclient; a socket error or EOF stays what it is."""
+    try:
+        yield
+    except imaplib.IMAP4.abort as exc:
+        bye = imap.untagged_responses.get("BYE")
+        if not bye:  # EOF or a socket error: not the server's answer to this FETCH
+            raise
+        last = bye[-1]
+        text = last.decode("utf-8", "replace") if isinstance(last, bytes) else _one_line(exc)
+        raise wire.Bye(_one_line(exc), "BYE " + text) from exc
+    except imaplib.IMAP4.error as exc:
+        text = _one_line(exc)
+        raise wire.Refused(text, text.split("=>", 1)[-1].strip()) from exc
 
 
 def _one_line(exc: BaseException) -> str:
@@ -241,8 +270,9 @@ class ImapSession:
         with _translated("UID FETCH BODY.PEEK[]"):
             ahead = self._pipeline.fetch(_uid_set(chunks[0]), _Budget(max_size, max_batch_bytes).keep)
         for i, chunk in enumerate(chunks):
-            with _translated("UID FETCH BODY.PEEK[]"):
+            with _translated("UID FETCH BODY.PEEK[]", chunk):
                 result = self._pipeline.wait(ahead)
+            with _translated("UID FETCH BODY.PEEK[]"):
                 if i + 1 < len(chunks):
                     ahead = self._pipeline.fetch(
                         _uid_set(chunks[i + 1]), _Budget(max_size, max_batch_bytes).keep
@@ -266,7 +296,7 @@ class ImapSession:
             yield self._fetch_now(chunk_uids)
 
     def _fetch_now(self, uids: Sequence[int]) -> list[SourceMessage[int]]:
-        with _translated("UID FETCH BODY.PEEK[]"):
+        with _translated("UID FETCH BODY.PEEK[]", uids):
             result = self._pipeline.wait(self._pipeline.fetch(_uid_set(uids)))
         return self._fetched(uids, result).messages
 
@@ -288,6 +318,7 @@ class ImapSession:
         the blank line that ends a header is all header to the server (RFC 3501 6.4.5)."""
         with _translated("UID FETCH BODY.PEEK[HEADER]"):
             self._pipeline.drain()
+        with _translated("UID FETCH BODY.PEEK[HEADER]", [uid]), _imapclient_refusals(self._client._imap):
             data = self._client.fetch([uid], [f"BODY.PEEK[HEADER]<0.{limit}>", "INTERNALDATE"])
         items = data.get(uid, {})
         header = next((v for k, v in items.items() if k.startswith(b"BODY[HEADER]")), None) or b""
@@ -300,6 +331,25 @@ class ImapSession:
         return SourceMessage(
             MailboxKind.IMAP, uid, raw, size, internaldate, truncated, epoch=self.state.uidvalidity
         )
+
+    def describe(self, uid: int, header_limit: int) -> tuple[SourceMessage[int], str | None]:
+        """What can be read of a message the server will not hand over: its size and INTERNALDATE (from
+        the server's index, which Dovecot answers even when it cannot read the file) and up to
+        ``header_limit`` bytes of its header (``truncated``: never the whole message). Returns it with
+        None, or with the server's words for what it refused (then size or header may be missing);
+        words starting with ``BYE`` mean the server has closed the session. Never raises FetchFailed."""
+        size, internaldate, header = 0, None, b""
+        with _translated("UID FETCH RFC822.SIZE"):
+            self._pipeline.drain()
+        try:
+            with _translated("UID FETCH RFC822.SIZE", [uid]), _imapclient_refusals(self._client._imap):
+                items = self._client.fetch([uid], ["RFC822.SIZE", "INTERNALDATE"]).get(uid, {})
+            size, internaldate = int(items.get(b"RFC822.SIZE", 0)), items.get(b"INTERNALDATE")
+            header = self._fetch_header(uid, size, header_limit).raw
+            refused = None
+        except FetchFailed as exc:
+            refused = exc.words  # a BYE's words start with BYE
+        return self._message(uid, header, size, internaldate, truncated=True), refused
 
     # -- marking -------------------------------------------------------------------------------------
 

@@ -52,6 +52,24 @@ class ProtocolError(imaplib.IMAP4.abort):
     """The server's answer is not IMAP as RFC 3501 writes it; the session cannot be trusted further."""
 
 
+class Refused(imaplib.IMAP4.error):
+    """The server answered the command NO or BAD (``text`` is its words); the session is still usable.
+    Gmail: ``NO Some messages could not be FETCHed (Failure)``."""
+
+    def __init__(self, message: str, text: str) -> None:
+        super().__init__(message)
+        self.text = text
+
+
+class Bye(imaplib.IMAP4.abort):
+    """The server said BYE while answering the command (``text`` is its words) and closes the session.
+    Dovecot, for a message file it cannot read: ``BYE Internal error occurred``."""
+
+    def __init__(self, message: str, text: str) -> None:
+        super().__init__(message)
+        self.text = text
+
+
 @dataclass(frozen=True)
 class Fetched:
     """One message's FETCH data: its UID, body bytes and INTERNALDATE (None if absent or unreadable)."""
@@ -202,13 +220,15 @@ def read_responses(
             status = line[len(done) :].split(b" ", 1)[0].upper()
             if status == b"OK":
                 return
-            raise imaplib.IMAP4.error(f"{name}: {line.decode('utf-8', 'replace')[:300]}")
+            text = line.decode("utf-8", "replace")[:300]
+            raise Refused(f"{name}: {text}", text[len(done) :])
         if not line.startswith(b"* "):
             raise ProtocolError(f"unexpected line during {name}: {line[:200]!r}")
         match = _UNTAGGED.match(line)
         if match is None:
             if line[2:5].upper() == b"BYE":
-                raise imaplib.IMAP4.abort(f"server said BYE: {line.decode('utf-8', 'replace')[:300]}")
+                text = line.decode("utf-8", "replace")[:300]
+                raise Bye(f"server said BYE: {text}", text[2:])
             while (literal := _LITERAL_AT_END.search(line)) is not None:  # skip a status line's literals
                 _exactly(read, int(literal.group(1)))
                 line = _line(readline)
