@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from rq import Queue, Worker
 from rq.serializers import JSONSerializer
 
-from mailroom import redis_safety
+from mailroom import preflight, redis_safety
 from mailroom.config import GraphMailbox, ImapMailbox, OAuth2Config, Security, Settings
 from mailroom.errors import GraphError, ImapAuthError, ImapError, ImapFolderError, TokenError
 from mailroom.imap.session import ImapSession
@@ -236,7 +236,11 @@ def check_redis_safety(settings: Settings, safety: redis_safety.RedisSafety) -> 
 
 
 def run_checks(settings: Settings, connection: redis.Redis) -> Iterator[Result]:
-    yield _ok("config", f"valid, {len(settings.mailboxes)} mailbox(es)")
+    problems = preflight.problems(settings)  # what every process checks at start: secrets, handlers
+    for problem in problems:
+        yield _fail("config", problem)
+    if not problems:
+        yield _ok("config", f"valid, {len(settings.mailboxes)} mailbox(es)")
     for mailbox in settings.mailboxes:
         if isinstance(mailbox, GraphMailbox):
             yield from check_graph_mailbox(mailbox)

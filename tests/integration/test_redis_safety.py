@@ -217,3 +217,14 @@ def test_watcher_leaves_mail_unmarked_until_the_replica_acknowledges(
     records = handled(primary.url)
     assert len(records) == 6 and len(set(records)) == 6  # every message once, none twice
     assert redis.Redis.from_url(primary.url).llen("rq:queue:incoming_email") == 0
+
+
+def test_check_shows_what_would_stop_a_process_at_start(redis_url: str, tmp_path: Path) -> None:
+    """`check` answers "is it working?": an empty secret or a handler that cannot be imported would
+    fail every message, so check-config's start checks are ✗ lines here too."""
+    _, lines = _check(tmp_path, redis_url)
+    assert "✓ config: valid, 0 mailbox(es)" in lines
+    (tmp_path / "key").write_text("")
+    code, lines = _check(tmp_path, redis_url, provider={"signing_key_file": str(tmp_path / "key")})
+    assert code == 1
+    assert f"✗ config: provider.signing_key_file: {tmp_path / 'key'} is empty" in lines
