@@ -694,8 +694,10 @@ class Settings(BaseSettings):
         ge=0,
         description="replicas that must acknowledge each enqueue (WAIT); unset: 1 if replicas are attached",
     )
+    # At most 5: the enqueue's WAIT must answer within the client's 10 s socket timeout, with room for
+    # the script before it.
     redis_replica_ack_timeout: float = Field(
-        default=2.0, gt=0, description="seconds an enqueue waits for those acknowledgements"
+        default=2.0, gt=0, le=5, description="seconds an enqueue waits for those acknowledgements (max 5)"
     )
 
     @field_validator("redis_url")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import structlog.testing
 from click.testing import CliRunner
 
 from devstack import RedisServer, append_messages, count, make_message
@@ -92,14 +93,6 @@ def test_watch_refuses_an_evicting_redis(make_redis: MakeRedis, tmp_path: Path, 
     assert len(errors) == 1 and errors[0].startswith(f"redis error: maxmemory-policy is {policy}: "), (
         result.output
     )
-
-
-def test_watch_starts_on_a_noeviction_redis_without_persistence(
-    make_redis: MakeRedis, tmp_path: Path
-) -> None:
-    server = make_redis()
-    settings = load_settings(write_config(tmp_path / "c.yml", server.url))
-    assert refusal_at_start(connect(server.url), settings) is None  # persistence off: a warning only
 
 
 def test_an_evicting_redis_is_refused_at_the_first_enqueue(make_redis: MakeRedis, tmp_path: Path) -> None:
@@ -228,3 +221,22 @@ def test_check_shows_what_would_stop_a_process_at_start(redis_url: str, tmp_path
     code, lines = _check(tmp_path, redis_url, provider={"signing_key_file": str(tmp_path / "key")})
     assert code == 1
     assert f"✗ config: provider.signing_key_file: {tmp_path / 'key'} is empty" in lines
+
+
+def test_watch_start_warns_when_persistence_is_off(make_redis: MakeRedis, tmp_path: Path) -> None:
+    server = make_redis()  # --appendonly no
+    settings = load_settings(write_config(tmp_path / "c.yml", server.url))
+    with structlog.testing.capture_logs() as logs:
+        assert refusal_at_start(connect(server.url), settings) is None
+    events = {entry["event"]: entry for entry in logs}
+    assert "restart loses queued jobs" in events["redis_persistence_off"]["detail"]
+    assert events["redis_checked"]["maxmemory_policy"] == "noeviction"
+    assert events["redis_checked"]["replica_acks"] == 0
+
+
+def test_unreachable_redis_is_not_refused_at_start(tmp_path: Path) -> None:
+    """The watcher waits for a Redis that is away (it checks before its first write instead)."""
+    settings = load_settings(write_config(tmp_path / "c.yml", "redis://127.0.0.1:1/0"))
+    with structlog.testing.capture_logs() as logs:
+        assert refusal_at_start(connect(settings.redis_url), settings) is None
+    assert [entry["event"] for entry in logs] == ["redis_settings_unknown"]
