@@ -85,7 +85,8 @@ class Running:
     job: Job
     queue: Queue
     execution: Execution
-    deadline: float  # monotonic; inf without a timeout
+    timeout: float  # seconds; inf without one
+    deadline: float = float("inf")  # monotonic, from when a thread picks the job up
     started: float = field(default_factory=time.perf_counter)
     thread: int | None = None
     counted: bool = True  # still counted among the executing (a timed-out job stops counting)
@@ -265,17 +266,18 @@ class ThreadWorker(BaseWorker):
         self._recover_popped()
         self._enforce_timeouts()
         self._maintain_heartbeats()
+        capacity = 2 * self.concurrency  # running, plus as many started and waiting for a thread
         with self._cond:
-            free = self.concurrency - self._executing
+            free = capacity - self._executing
             busy = bool(self._running)
-        if free <= 0:
+        if busy and free < max(1, self.concurrency // 2):
             with self._cond:
+                # Take more when half the waiting jobs have gone to threads: one round trip then
+                # takes several jobs instead of one each, and no thread waits for it.
                 self._cond.wait(WAIT)
-                # A slot is free: give the other running jobs a moment to finish too, so one round
-                # trip takes several jobs instead of one each.
                 deadline = time.monotonic() + COALESCE
                 while (
-                    self.concurrency - self._executing < self.concurrency // 2
+                    capacity - self._executing < max(1, self.concurrency // 2)
                     and (left := deadline - time.monotonic()) > 0
                 ):
                     self._cond.wait(left)
@@ -299,6 +301,13 @@ class ThreadWorker(BaseWorker):
         """Warm shutdown: wait for the running jobs up to shutdown_timeout, then put the rest back."""
         deadline = time.monotonic() + (0 if self._cold else self.shutdown_timeout)
         with self._cond:
+            waiting, self._tasks = self._tasks, []  # started but not picked up by a thread: not begun
+            for task in waiting:
+                task.counted = False
+                self._executing -= 1
+        if waiting:
+            self._until_redis_answers(lambda: self._requeue(waiting), give_up=10.0)
+        with self._cond:
             if self._running:
                 log.info("Worker %s: waiting for %d running job(s)", self.name, len(self._running))
             while self._running and not self._cold and time.monotonic() < deadline:
@@ -312,7 +321,7 @@ class ThreadWorker(BaseWorker):
         """Put unfinished jobs back at the front of their queues (their threads die with the process)."""
         claimed = [task for task in tasks if task.settled is False and task.claim()]
         with self.connection.pipeline() as pipe:
-            for task in claimed:
+            for task in reversed(claimed):  # each goes to the front: the first one ends up first
                 self.cleanup_execution(task.job, pipeline=pipe, execution=task.execution)
                 task.job.set_status(JobStatus.QUEUED, pipeline=pipe)
                 task.queue.push_job_id(task.job.id, pipeline=pipe, at_front=True)
@@ -415,8 +424,9 @@ class ThreadWorker(BaseWorker):
                 pipe.persist(job.key)
                 pipe.lrem(queue.intermediate_queue_key, 1, job.id)
                 timeout = job.timeout or self.queue_class.DEFAULT_TIMEOUT
-                deadline = time.monotonic() + timeout if timeout and timeout > 0 else float("inf")
-                tasks.append(Running(job, queue, execution, deadline))
+                tasks.append(
+                    Running(job, queue, execution, timeout if timeout and timeout > 0 else float("inf"))
+                )
             self.heartbeat(pipeline=pipe)
             self.set_state(WorkerStatus.BUSY, pipeline=pipe)
             pipe.execute()
@@ -482,12 +492,14 @@ class ThreadWorker(BaseWorker):
         me = threading.get_ident()
         while me not in self._retired:
             with self._cond:
-                while not self._tasks and not self._closing.is_set():
-                    self._cond.wait()
-                if not self._tasks:
+                # After a stop request no job begins: the waiting ones go back to their queue.
+                while not self._closing.is_set() and (self._stop_requested or not self._tasks):
+                    self._cond.wait(0.2 if self._stop_requested else None)
+                if self._closing.is_set() or self._stop_requested:
                     return
                 task = self._tasks.pop(0)
             task.thread = me
+            task.deadline = time.monotonic() + task.timeout
             self._local.task = task
             try:
                 self.perform_job(task.job, task.queue, task.execution)
