@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from redis.exceptions import RedisError
 
 from mailroom import logs, preflight
 from mailroom.config import CONFIG_PATH_ENV, Settings, load_settings
@@ -83,11 +84,19 @@ def _shared_options(root: bool = False) -> list[click.Option]:
 
 
 class MailroomCommand(click.Command):
-    """A subcommand that also takes ``--config`` and ``--log-format`` after its name."""
+    """A subcommand that also takes ``--config`` and ``--log-format`` after its name, and ends with one
+    line and exit code 1 (not a traceback) when Redis fails under it."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.params.extend(_shared_options())
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except RedisError as exc:
+            click.echo(f"error: Redis failed: {type(exc).__name__}: {exc}", err=True)
+            ctx.exit(1)
 
 
 class MailroomGroup(click.Group):

@@ -63,3 +63,23 @@ def test_with_json_an_unreachable_redis_is_a_json_error_too(tmp_path, monkeypatc
     result = CliRunner().invoke(cli, [*args, "--json", "--config", str(a)])
     assert result.exit_code == 1
     assert json.loads(result.stdout)["error"].startswith("Redis is not reachable")
+
+
+def test_redis_failing_mid_listing_is_one_line_and_exit_1(tmp_path, monkeypatch):
+    import redis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    import mailroom.failed
+
+    def broken(*args, **kwargs):
+        raise RedisConnectionError("Connection closed by server.")
+        yield  # a generator, as the real one
+
+    monkeypatch.delenv("MAILROOM_CONFIG", raising=False)
+    monkeypatch.setattr(redis.Redis, "ping", lambda self: True)
+    monkeypatch.setattr(mailroom.failed, "queue_names", lambda connection, configured: ["q"])
+    monkeypatch.setattr(mailroom.failed, "iter_failed", broken)
+    a = config(tmp_path / "a.yml", "redis://127.0.0.1:9/0")
+    result = CliRunner().invoke(cli, ["failed", "list", "--config", str(a)])
+    assert result.exit_code == 1 and not isinstance(result.exception, RedisConnectionError)
+    assert "error: Redis failed: ConnectionError: Connection closed by server." in result.stderr
