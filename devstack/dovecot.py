@@ -31,6 +31,9 @@ STOP_TIMEOUT = 10.0
 MAIL_USER = "mailroom-test"
 # Unix sockets live in base_dir; sun_path is 108 bytes, so long pytest paths need a shorter home.
 MAX_BASE_DIR_LEN = 60
+# Connections one server accepts at once (imap processes; the master and anvil count each one).
+PROCESS_LIMIT = 1200
+CLIENT_LIMIT = 4 * PROCESS_LIMIT
 
 
 @dataclass(frozen=True)
@@ -219,6 +222,13 @@ default_internal_user = {self.internal_user}
 default_internal_group = {self.internal_group}
 default_login_user = {self.login_user}
 mail_fsync = never
+# Room for one watcher holding hundreds of mailboxes (bench/many.py): Dovecot runs one imap process per
+# connection, and its default of 100 processes per service would refuse the 101st login.
+default_process_limit = {PROCESS_LIMIT}
+default_client_limit = {CLIENT_LIMIT}
+# Each imap process in IDLE watches its mailbox with inotify; past fs.inotify.max_user_instances (128 by
+# default, all our imap processes run as one user) it falls back to looking every this often (30 s).
+mailbox_idle_check_interval = 1 secs
 
 service imap-login {{
   chroot = {chroot}

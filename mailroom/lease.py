@@ -29,6 +29,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from mailroom import metrics
+from mailroom.stopping import StopEvent
 
 LEASE_PREFIX = "mailroom:lease:"
 REPLICAS_KEY = "mailroom:replicas"
@@ -180,7 +181,7 @@ class Coordinator:
                 self._end(name, release=False)
 
     def _begin(self, name: str, lease: Lease) -> None:
-        stop = threading.Event()
+        stop = StopEvent()
         handle, thread = self.start(name, stop)
         with self._lock:
             self.held[name] = _Held(lease, stop, thread, handle)

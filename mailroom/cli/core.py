@@ -40,6 +40,7 @@ def watch(ctx: click.Context) -> None:
     """Watch every configured mailbox and enqueue each new message (until SIGTERM or Ctrl-C)."""
     from mailroom import sentry
     from mailroom.app import serve_watcher_health, start_watchers
+    from mailroom.stopping import StopEvent
 
     settings = load_or_exit(ctx, service=True, start=True)
     if not settings.mailboxes:
@@ -47,7 +48,7 @@ def watch(ctx: click.Context) -> None:
         ctx.exit(2)
     _refuse_unsafe_redis(ctx, settings)
     sentry.init(settings, "watcher")
-    stop = threading.Event()
+    stop = StopEvent()  # watchers in IDLE wait on its descriptor, not in one-second slices
     _stop_on_signals(stop)
     watchers = start_watchers(settings, stop)
     server = serve_watcher_health(settings, watchers) if settings.http_port is not None else None

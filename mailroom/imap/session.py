@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import imaplib
+import math
 import re
 import select
 import socket
@@ -26,7 +27,7 @@ from imapclient.util import to_bytes
 
 from mailroom.config import AfterDeliveryAction, AuthMethod, ImapMailbox, MailboxKind, Security
 from mailroom.errors import FetchFailed, ImapAuthError, ImapError, ImapFolderError, TokenError
-from mailroom.imap import wire
+from mailroom.imap import idling, wire
 from mailroom.oauth2 import OAUTHBEARER, TokenSource, choose_mechanism, token_source_for
 from mailroom.source import SourceMessage
 
@@ -396,57 +397,52 @@ class ImapSession:
 
     # -- waiting -------------------------------------------------------------------------------------
 
-    def idle(self, seconds: float, should_stop: Callable[[], bool], done_timeout: float) -> bool:
+    def idle(
+        self,
+        seconds: float,
+        should_stop: Callable[[], bool],
+        done_timeout: float,
+        wakeup: int | None = None,
+    ) -> bool:
         """IDLE for up to ``seconds``; True as soon as the server announces new mail.
 
-        Waits in slices of one second so a stop request is noticed quickly. Ending the IDLE (DONE) must
-        be answered within ``done_timeout``: that round trip is what proves a quiet connection alive.
+        ``wakeup`` is a descriptor that becomes readable when ``should_stop`` turns true (a
+        mailroom.stopping.StopEvent's): the wait is then one poll() on the socket and it together, and
+        a quiet mailbox costs nothing until the server speaks or the IDLE is due for renewal. Without
+        it, the wait is cut into one-second slices to look at ``should_stop``. Ending the IDLE (DONE)
+        must be answered within ``done_timeout``: that round trip is what proves a quiet connection alive.
         """
         deadline = time.monotonic() + seconds
-        woke = False
+        imap = self._client._imap
         with _translated("IDLE"):
             self._pipeline.drain()
-            self._client.idle()
+            tag, woke = idling.begin(imap)
             try:
+                waiting = _Waiting(self._client.socket(), imap.file, wakeup)
                 while not woke and not should_stop():
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
-                    line = self._next_line(min(1.0, remaining))
-                    if line is None:
+                    if not waiting.readable(remaining if wakeup is not None else min(1.0, remaining)):
                         continue
+                    line = idling.read_line(imap)
+                    waiting.maybe_buffered = True
                     if line.startswith(b"* BYE"):
                         raise ImapError(f"server ended the session during IDLE: {line[:200]!r}")
                     if line.startswith((b"* NO", b"* BAD")):
                         # e.g. Dovecot when the selected folder was deleted and created again: the
                         # session stays open but sees nothing new; a fresh SELECT does.
                         raise ImapError(f"server reported a problem during IDLE: {line[:200]!r}")
-                    woke = _announces_mail(line)
+                    woke = idling.announces_mail(line)
             finally:
                 sock = self._client.socket()
                 # Shutting down needs no proof of life, only a prompt exit (SIGTERM's grace is 8 s).
                 sock.settimeout(min(done_timeout, _STOPPING_DONE_TIMEOUT) if should_stop() else done_timeout)
                 try:
-                    _, responses = self._client.idle_done()
+                    announced = idling.end(imap, tag)
                 finally:
                     sock.settimeout(self.config.timeout)
-        return woke or any(_is_activity(r) for r in responses)
-
-    def _next_line(self, timeout: float) -> bytes | None:
-        """The next line the server sends during IDLE, or None after ``timeout`` seconds of silence.
-
-        imapclient's idle_check() polls the socket only, so it misses a line already sitting in
-        imaplib's read buffer (it arrived in the same segment as the IDLE continuation) and spins on a
-        closed socket; reading here closes both gaps. EOF raises imaplib's abort error.
-        """
-        imap = self._client._imap
-        sock = self._client.socket()
-        if not _input_buffered(sock, imap.file):
-            readable, _, _ = select.select([sock], [], [], timeout)
-            if not readable:
-                return None
-        line: bytes = imap._get_line()
-        return line
+        return woke or announced
 
     def noop(self) -> bool:
         """NOOP; True if its responses announce new mail."""
@@ -505,9 +501,33 @@ def _uid_set(uids: Sequence[int]) -> str:
     return ",".join(ranges)
 
 
-def _announces_mail(line: bytes) -> bool:
-    parts = line.split(None, 3)
-    return len(parts) >= 3 and parts[0] == b"*" and parts[2].upper() in _ACTIVITY
+class _Waiting:
+    """Waits for the next line the server sends during IDLE, or for a stop request.
+
+    imapclient's idle_check() polls the socket only, so it misses a line already sitting in imaplib's
+    read buffer (it arrived in the same segment as the IDLE continuation) and spins on a closed socket;
+    looking at the buffer first, after each line read, closes both gaps. poll(), not select(): a
+    replica with hundreds of mailboxes has descriptors above select's limit of 1024.
+    """
+
+    def __init__(self, sock: socket.socket, file: Any, wakeup: int | None) -> None:
+        self.sock = sock
+        self.file = file
+        self.maybe_buffered = True  # until looked at: the continuation may have come with more
+        self.poller = select.poll()
+        self.poller.register(sock, select.POLLIN)
+        self.wakeup = wakeup
+        if wakeup is not None:
+            self.poller.register(wakeup, select.POLLIN)
+
+    def readable(self, timeout: float) -> bool:
+        """True if a line (or EOF) can be read now; False after ``timeout`` s or on a stop request."""
+        if self.maybe_buffered:
+            self.maybe_buffered = False
+            if _input_buffered(self.sock, self.file):
+                return True
+        ready = self.poller.poll(max(0, math.ceil(timeout * 1000)))
+        return any(fd != self.wakeup for fd, _ in ready)
 
 
 def _input_buffered(sock: socket.socket, file: Any) -> bool:

@@ -22,6 +22,7 @@ from mailroom.errors import EnqueueError, FetchFailed, ImapAuthError, ImapError,
 from mailroom.imap.session import FolderState, ImapSession
 from mailroom.poison import Ledger, MemoryLedger, Suspects
 from mailroom.source import Sink, SourceMessage
+from mailroom.stopping import wakeup_fd
 
 # Writes the failed record of a message the server would not hand over (what could be read of it, the
 # server's words): mailroom.queue.MailQueue.record_unreadable behind the composition root.
@@ -52,7 +53,9 @@ class Session(Protocol):
     def mark_done(self, uids: Sequence[int]) -> None: ...
     def park(self, uids: Sequence[int]) -> None: ...
     def describe(self, uid: int, header_limit: int) -> tuple[SourceMessage[int], str | None]: ...
-    def idle(self, seconds: float, should_stop: Callable[[], bool], done_timeout: float) -> bool: ...
+    def idle(
+        self, seconds: float, should_stop: Callable[[], bool], done_timeout: float, wakeup: int | None = None
+    ) -> bool: ...
     def noop(self) -> bool: ...
     def close(self) -> None: ...
 
@@ -213,7 +216,7 @@ class MailboxWatcher:
                 wait = min(
                     self.config.idle_timeout, self.config.keepalive_interval or self.config.idle_timeout
                 )
-                pending = session.idle(wait, self.stop.is_set, self.limits.done_timeout)
+                pending = session.idle(wait, self.stop.is_set, self.limits.done_timeout, wakeup_fd(self.stop))
                 if pending:
                     metrics.IDLE_WAKEUPS.labels(self.config.name).inc()
             else:

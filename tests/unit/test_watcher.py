@@ -62,7 +62,9 @@ class FakeSession:
     def park(self, uids: Sequence[int]) -> None:
         self.parked.extend(uids)
 
-    def idle(self, seconds: float, should_stop: Callable[[], bool], done_timeout: float) -> bool:
+    def idle(
+        self, seconds: float, should_stop: Callable[[], bool], done_timeout: float, wakeup: int | None = None
+    ) -> bool:
         self.idles += 1
         return False
 
@@ -158,7 +160,7 @@ def test_quiet_keepalive_renewals_cost_no_search():
     session = FakeSession({})
     renewals = []
 
-    def idle(seconds, should_stop, done_timeout):
+    def idle(seconds, should_stop, done_timeout, wakeup=None):
         renewals.append(seconds)
         if len(renewals) == 5:
             stop.set()
@@ -181,7 +183,7 @@ def test_announced_mail_after_a_renewal_is_fetched():
     session = FakeSession({})
     delivered = []
 
-    def idle(seconds, should_stop, done_timeout):
+    def idle(seconds, should_stop, done_timeout, wakeup=None):
         if delivered:
             stop.set()
             return False
