@@ -78,7 +78,9 @@ class FakeSession:
     def park(self, uids: Sequence[int]) -> None:
         pass
 
-    def idle(self, seconds: float, should_stop: Callable[[], bool], done_timeout: float) -> bool:
+    def idle(
+        self, seconds: float, should_stop: Callable[[], bool], done_timeout: float, wakeup: int | None = None
+    ) -> bool:
         time.sleep(0.01)
         return False
 
