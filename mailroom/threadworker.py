@@ -36,6 +36,7 @@ import signal
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
@@ -43,11 +44,12 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from redis.exceptions import RedisError
+from redis.typing import EncodableT, FieldT
 from rq import Queue
 from rq import scheduler as rq_scheduler
 from rq.exceptions import StopRequested
 from rq.executions import Execution
-from rq.job import Job, JobStatus, Retry
+from rq.job import UNEVALUATED, Job, JobStatus, Retry
 from rq.results import Result
 from rq.scheduler import ForkProcess, RQScheduler
 from rq.timeouts import BaseDeathPenalty, JobTimeoutException
@@ -621,13 +623,13 @@ class ThreadWorker(BaseWorker):
                     # since _start_jobs wrote it: job.save() would serialize and send the whole job
                     # again, message included (a fifth of the worker's time).
                     job.set_status(JobStatus.FINISHED, pipeline=pipe)
-                    pipe.hset(
-                        job.key,
-                        mapping={
-                            "started_at": utcformat(job.started_at),
-                            "ended_at": utcformat(job.ended_at),
-                        },
-                    )
+                    changed: dict[FieldT, EncodableT] = {
+                        "started_at": utcformat(job.started_at),
+                        "ended_at": utcformat(job.ended_at),
+                    }
+                    if job._data is UNEVALUATED:  # the job replaced its arguments (workers.jobs drops
+                        changed["data"] = zlib.compress(job.data)  # a handled message's bytes) as RQ saves
+                    pipe.hset(job.key, mapping=changed)
                     Result.create(
                         job,
                         Result.Type.SUCCESSFUL,

@@ -12,8 +12,16 @@ from rq.serializers import JSONSerializer
 
 from tests.integration.test_thread_worker import _settings, enqueue, worker
 from tests.support import run_worker
+from workers import jobs
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _job_settings_after():
+    """_settings() hands the job module its settings: later tests must not inherit them."""
+    yield
+    jobs.configure(None)
 
 
 def _raw_in_redis(redis_url: str, job_id: str) -> bytes:

@@ -21,8 +21,17 @@ from mailroom.schema import JobPayload
 from mailroom.source import SourceMessage
 from tests.integration.test_thread_worker import _settings
 from tests.support import run_worker
+from workers import jobs
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _job_settings_after():
+    """_settings() hands the job module its settings: later tests must not inherit them."""
+    yield
+    jobs.configure(None)
+
 
 ATTACK = "\x1b[2K\x1b[1A\x1b]0;owned\x07"
 RAW = (
