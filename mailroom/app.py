@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeAlias, cast
+from typing import Any, TypeAlias, cast
 
 from prometheus_client.registry import Collector
 
@@ -16,7 +16,7 @@ from mailroom import logs, metrics
 from mailroom.config import AuthMethod, GraphMailbox, MailboxConfig, OAuth2Config, Settings
 from mailroom.health import MARGIN_SECONDS, Check, WatchedMailbox, WatcherProbe
 from mailroom.imap.session import ImapSession
-from mailroom.imap.watcher import MailboxWatcher, WatcherStatus, WatchLimits
+from mailroom.imap.watcher import WatchLimits, imap_watcher
 from mailroom.keys import AddressTemplate
 from mailroom.lease import Coordinator
 from mailroom.metrics import MailboxCollector, QueueCollector
@@ -24,14 +24,10 @@ from mailroom.poison import FailureLedger
 from mailroom.queue import Enqueued, MailQueue
 from mailroom.redis_client import connect
 from mailroom.schema import JobPayload
-from mailroom.source import Sink, SourceMessage
+from mailroom.source import Sink, SourceMessage, Watcher
 from mailroom.web import HealthServer
 
-if TYPE_CHECKING:
-    from mailroom.graph.watcher import GraphWatcher
-
-
-AnyWatcher: TypeAlias = "MailboxWatcher | GraphWatcher"
+AnyWatcher: TypeAlias = Watcher[Any]
 
 
 def make_sink(mailbox: MailboxConfig, queue: MailQueue) -> Sink:
@@ -93,16 +89,6 @@ def _observe_arrival(mailbox: str, batch: Sequence[SourceMessage[Any]], results:
             histogram.observe(max(0.0, (now - when).total_seconds()))
 
 
-def _turning(sink: Sink, status: WatcherStatus) -> Sink:
-    """A delivered batch is progress: a long catch-up keeps the watcher's liveness fresh."""
-
-    def turning_sink(batch: Sequence[SourceMessage[Any]]) -> None:
-        sink(batch)
-        status.turn()
-
-    return turning_sink
-
-
 def _count(mailbox: str, results: Sequence[Enqueued]) -> None:
     """The batch's messages by outcome, one increment per counter."""
     new = [r.payload for r in results if r.new]
@@ -151,7 +137,7 @@ def start_watchers(settings: Settings, stop: threading.Event, limits: WatchLimit
             # one token source per mailbox, kept across reconnects so its cached token is reused
             tokens = token_source_for(mailbox.name, mailbox.oauth2, timeout=mailbox.timeout)
             open_session = partial(ImapSession.open, tokens=tokens)
-        watcher = MailboxWatcher(
+        return imap_watcher(
             mailbox,
             make_sink(mailbox, queue),
             stop,
@@ -160,8 +146,6 @@ def start_watchers(settings: Settings, stop: threading.Event, limits: WatchLimit
             ledger=FailureLedger(queue.connection, mailbox.name),
             record_unreadable=make_unreadable_recorder(mailbox, queue),
         )
-        watcher.sink = _turning(watcher.sink, watcher.status)
-        return watcher
 
     if settings.lease_ttl is not None:
         return _start_leased(settings, queue, make, stop)
@@ -172,12 +156,12 @@ def start_watchers(settings: Settings, stop: threading.Event, limits: WatchLimit
     return Watchers(watchers, threads)
 
 
-def _graph_watcher(mailbox: GraphMailbox, queue: MailQueue, stop: threading.Event) -> GraphWatcher:
+def _graph_watcher(mailbox: GraphMailbox, queue: MailQueue, stop: threading.Event) -> Watcher[str]:
     """A Microsoft Graph mailbox: client-credentials tokens, delta link in Redis."""
     # Imported here: HTTP and OAuth2 libraries cost an IMAP-only watcher ~20 MB of RSS for nothing.
     from mailroom.graph.client import GraphClient
     from mailroom.graph.state import RedisDeltaStore
-    from mailroom.graph.watcher import GraphWatcher
+    from mailroom.graph.watcher import graph_watcher
     from mailroom.oauth2 import token_source_for
 
     graph = mailbox.graph
@@ -185,7 +169,7 @@ def _graph_watcher(mailbox: GraphMailbox, queue: MailQueue, stop: threading.Even
         mailbox.name, OAuth2Config(client_credentials=graph.client_credentials()), timeout=mailbox.timeout
     )
     client = GraphClient(mailbox, tokens, stop.wait)
-    return GraphWatcher(
+    return graph_watcher(
         mailbox, make_sink(mailbox, queue), stop, client, RedisDeltaStore(queue.connection, mailbox)
     )
 

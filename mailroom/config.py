@@ -335,6 +335,11 @@ class _Mailbox(_Model):
     )
 
     @property
+    def max_wait(self) -> float:
+        """The longest a healthy watcher of this mailbox waits between two turns (health's bound)."""
+        return self.poll_interval
+
+    @property
     def after_delivery_action(self) -> tuple[AfterDeliveryAction, str | None]:
         action, _, folder = self.after_delivery.partition(":")
         return AfterDeliveryAction(action), folder or None
@@ -470,6 +475,10 @@ class ImapMailbox(_Mailbox):
         if self.port is not None:
             return self.port
         return 993 if self.security is Security.TLS else 143
+
+    @property
+    def max_wait(self) -> float:
+        return max(self.poll_interval, min(self.idle_timeout, self.keepalive_interval or self.idle_timeout))
 
     def read_password(self) -> str:
         """The password, read fresh from ``password_file`` on each call so rotated secrets take effect."""

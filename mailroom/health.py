@@ -3,7 +3,8 @@
 - watcher ``/healthz``: every watcher thread turned its loop recently. A thread stuck in IDLE (or in a
   command) past its bound is unhealthy: the bound is the longest a healthy loop waits between turns
   (the IDLE cycle or poll interval, or the reconnect backoff cap) plus the command timeout and a margin.
-- watcher ``/readyz``: every watcher is logged in to IMAP, and Redis answers PING.
+- watcher ``/readyz``: every watcher is logged in to its mailbox (the check is ``<kind>:<name>``:
+  ``imap:support``, ``graph:cloud``), and Redis answers PING.
 - worker ``/healthz``: the RQ worker loop sent a heartbeat recently; ``/readyz``: Redis answers PING.
 """
 
@@ -17,8 +18,8 @@ from typing import Any, Protocol
 import redis
 from redis.exceptions import RedisError
 
-from mailroom.config import ImapMailbox, MailboxConfig
-from mailroom.imap.watcher import Backoff, WatcherStatus
+from mailroom.config import MailboxConfig
+from mailroom.source import Backoff, WatcherStatus
 
 MARGIN_SECONDS = 30.0
 
@@ -60,11 +61,7 @@ def redis_check(connection: redis.Redis) -> Check:
 
 def turn_bound(config: MailboxConfig, done_timeout: float = 5.0) -> float:
     """The longest a healthy watcher loop goes between two turns, plus a margin."""
-    wait = max(config.poll_interval, Backoff().cap)
-    if isinstance(config, ImapMailbox):
-        wait = max(
-            wait, min(config.idle_timeout, config.keepalive_interval or config.idle_timeout) + done_timeout
-        )
+    wait = max(config.max_wait + done_timeout, Backoff().cap)
     return wait + config.timeout + MARGIN_SECONDS
 
 
@@ -105,7 +102,7 @@ class WatcherProbe:
         for item in self.watched():
             status = item.status
             detail = "logged in" if status.connected else f"not connected: {status.last_error or 'starting'}"
-            checks.append(Check(f"imap:{item.config.name}", status.connected, detail))
+            checks.append(Check(f"{item.config.kind}:{item.config.name}", status.connected, detail))
         checks.append(redis_check(self.connection))
         return Report(tuple(checks))
 

@@ -13,7 +13,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from redis.exceptions import RedisError
 from rq import Queue
 
-MESSAGES_FETCHED = Counter("mailroom_messages_fetched_total", "Messages downloaded from IMAP", ["mailbox"])
+MESSAGES_FETCHED = Counter(
+    "mailroom_messages_fetched_total", "Messages downloaded from the mailbox (any source)", ["mailbox"]
+)
 MESSAGES_ENQUEUED = Counter("mailroom_messages_enqueued_total", "New jobs written to Redis", ["mailbox"])
 MESSAGES_DUPLICATE = Counter(
     "mailroom_messages_duplicate_total",
@@ -32,9 +34,17 @@ UNREADABLE = Counter(
 FETCH_FAILURES = Counter(
     "mailroom_fetch_failures_total", "FETCHes the server refused (NO) or ended with BYE", ["mailbox"]
 )
-IMAP_RECONNECTS = Counter(
-    "mailroom_imap_reconnects_total", "Connection or enqueue failures retried", ["mailbox"]
+SOURCE_RETRIES = Counter(
+    "mailroom_source_retries_total",
+    "Connection, fetch or enqueue failures a watcher retried, by mailbox and source kind (imap, graph)",
+    ["mailbox", "source"],
 )
+# The same count under its name from before Graph, for IMAP mailboxes only, so existing dashboards and
+# alerts keep working; prefer mailroom_source_retries_total (docs/operations.md).
+IMAP_RECONNECTS = Counter(
+    "mailroom_imap_reconnects_total", "IMAP connection or enqueue failures retried", ["mailbox"]
+)
+LEGACY_RETRIES = {"imap": IMAP_RECONNECTS}
 IDLE_WAKEUPS = Counter(
     "mailroom_idle_wakeups_total", "IDLE cycles ended by a new-mail notification", ["mailbox"]
 )

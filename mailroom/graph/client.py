@@ -68,6 +68,10 @@ class GraphClient:
         self.user_url = f"{self.graph.base_url.rstrip('/')}/users/{quote(self.graph.user, safe='@')}"
         self.throttled = 0  # how many 429/503 answers were honoured (for logs and tests)
 
+    def authenticate(self) -> None:
+        """Get an access token (cached by the token source); raises GraphError when there is none."""
+        self._token()
+
     # -- reading -------------------------------------------------------------------------------------
 
     def changes(self, delta_link: str | None) -> Changes:

@@ -13,7 +13,7 @@ import redis
 from redis.exceptions import RedisError
 
 from mailroom.config import GraphMailbox
-from mailroom.errors import EnqueueError
+from mailroom.errors import GraphStateError
 
 DELTA_PREFIX = "mailroom:graph:delta:"
 
@@ -39,17 +39,17 @@ class RedisDeltaStore:
         try:
             value = self.connection.get(self.key)
         except RedisError as exc:
-            raise EnqueueError(f"Redis did not answer for the delta link: {type(exc).__name__}") from exc
+            raise GraphStateError(f"Redis did not answer for the delta link: {type(exc).__name__}") from exc
         return value.decode() if isinstance(value, bytes) else value
 
     def set(self, link: str) -> None:
         try:
             self.connection.set(self.key, link)
         except RedisError as exc:
-            raise EnqueueError(f"Redis did not store the delta link: {type(exc).__name__}") from exc
+            raise GraphStateError(f"Redis did not store the delta link: {type(exc).__name__}") from exc
 
     def clear(self) -> None:
         try:
             self.connection.delete(self.key)
         except RedisError as exc:
-            raise EnqueueError(f"Redis did not drop the delta link: {type(exc).__name__}") from exc
+            raise GraphStateError(f"Redis did not drop the delta link: {type(exc).__name__}") from exc

@@ -1,100 +1,87 @@
-"""One Graph mailbox, polled for ever: delta since the saved link -> fetch MIME -> sink -> mark -> save.
+"""How a Graph mailbox connects, waits and fetches: the Graph side of the source seam (mailroom.source).
 
-The same seam as the IMAP watcher: each batch goes to the sink and is marked (read, moved or deleted)
-only when the sink returns; if it raises, nothing of the round is marked and the delta link is not
-advanced, so the next poll offers the same messages again. Messages are identified by Graph's immutable
-id, which the queue's idempotency guard uses (source "graph"), so a replay never makes a second job.
+Each round lists the changes since the saved delta link, fetches the pending messages' MIME in batches
+for the shared loop (source.Watcher) to deliver and mark, and saves the new delta link only after every
+batch of the round was delivered: if a batch fails or the watcher stops, the link is not advanced and the
+next round offers the same messages again. Messages are identified by Graph's immutable id, which the
+queue's idempotency guard uses, so a replay never makes a second job.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any
+from collections.abc import Iterator, Sequence
 
 import structlog
 
-from mailroom import metrics
 from mailroom.config import GraphMailbox
-from mailroom.errors import EnqueueError, GraphError
 from mailroom.graph.client import DeltaExpired, GraphClient
 from mailroom.graph.state import DeltaStore
-from mailroom.imap.watcher import Backoff, WatcherStatus
-from mailroom.source import Sink
+from mailroom.source import Sink, SourceMessage, Watcher
 
 
-class GraphWatcher:
+class GraphSource:
+    """One Graph mailbox folder. Parked messages are left as they are (unread, in place) and, as the
+    delta link moves past them, offered no more; a full resync offers them again, and the guard then
+    keeps them from a second job."""
+
     def __init__(
-        self,
-        config: GraphMailbox,
-        sink: Sink,
-        stop: threading.Event,
-        client: GraphClient,
-        store: DeltaStore,
+        self, config: GraphMailbox, stop: threading.Event, client: GraphClient, store: DeltaStore
     ) -> None:
         self.config = config
-        self.sink = sink
         self.stop = stop
         self.client = client
         self.store = store
-        self.status = WatcherStatus()
         self.log = structlog.get_logger("mailroom.graph").bind(mailbox=config.name)
-        self._backoff = Backoff()
+        self.parked: set[str] = set()
 
-    def run(self) -> None:
-        """Poll until ``stop`` is set. Never raises."""
-        while not self.stop.is_set():
-            self.status.turn()
-            try:
-                self.poll()
-            except (GraphError, EnqueueError) as exc:
-                self._failed("graph_poll_failed", exc)
-                continue
-            except Exception as exc:  # the watcher must outlive any bug in a dependency
-                self.log.exception("watcher_error", error=str(exc))
-                self._failed("watcher_error", exc)
-                continue
-            self._backoff.reset()
-            self.stop.wait(self.config.poll_interval)
-        self.log.info("watcher_stopped")
+    def connect(self) -> GraphConnection:
+        self.client.authenticate()
+        self.log.info("graph_connected", user=self.config.graph.user, folder=self.config.folder)
+        return GraphConnection(self)
 
-    def _failed(self, event: str, exc: BaseException) -> None:
-        self.status.connected = False
-        self.status.last_error = str(exc)
-        metrics.IMAP_RECONNECTS.labels(self.config.name).inc()
-        delay = self._backoff.next_delay()
-        self.log.warning(event, error=str(exc), retry_in=round(delay, 2))
-        self.stop.wait(delay)
 
-    def poll(self) -> int:
-        """One round: deliver everything pending since the saved delta link; return how many."""
-        link = self.store.get()
+class GraphConnection:
+    def __init__(self, source: GraphSource) -> None:
+        self.source = source
+        self.client = source.client
+
+    def pending(self) -> Iterator[list[SourceMessage[str]]]:
+        """One round: the messages pending since the saved delta link, then the new link is saved."""
+        source, config = self.source, self.source.config
+        link = source.store.get()
         try:
             changes = self.client.changes(link)
         except DeltaExpired as exc:
-            self.log.warning("graph_delta_expired", error=str(exc))
-            self.store.clear()
+            source.log.warning("graph_delta_expired", error=str(exc))
+            source.store.clear()
             changes = self.client.changes(None)
-        if not self.status.connected:
-            self.log.info("graph_connected", user=self.client.graph.user, folder=self.config.folder)
-        self.status.connected = True
-        self.status.last_error = None
         pending = sorted(
-            (m for m in changes.messages if self.client.is_pending(m)),
+            (m for m in changes.messages if self.client.is_pending(m) and m["id"] not in source.parked),
             key=lambda m: str(m.get("receivedDateTime") or ""),
         )
-        for start in range(0, len(pending), self.config.batch_size):
-            if self.stop.is_set():
-                return start  # the link is not advanced: the rest comes again next time
-            self._deliver(pending[start : start + self.config.batch_size])
-            self.status.turn()
-        self.store.set(changes.delta_link)
-        return len(pending)
+        for start in range(0, len(pending), config.batch_size):
+            chunk = pending[start : start + config.batch_size]
+            yield [self.client.fetch(m, config.max_message_size) for m in chunk]
+        source.store.set(changes.delta_link)
 
-    def _deliver(self, chunk: list[dict[str, Any]]) -> None:
-        batch = [self.client.fetch(m, self.config.max_message_size) for m in chunk]
-        metrics.MESSAGES_FETCHED.labels(self.config.name).inc(len(batch))
-        self.sink(batch)
-        for message in batch:
-            self.client.mark_done(message.ref)
-        metrics.MESSAGES_MARKED.labels(self.config.name).inc(len(batch))
-        self.log.debug("batch_marked", count=len(batch))
+    def mark_done(self, refs: Sequence[str]) -> None:
+        for ref in refs:
+            self.client.mark_done(ref)
+
+    def park(self, refs: Sequence[str]) -> None:
+        self.source.parked.update(refs)
+
+    def wait(self) -> bool:
+        self.source.stop.wait(self.source.config.poll_interval)
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def graph_watcher(
+    config: GraphMailbox, sink: Sink, stop: threading.Event, client: GraphClient, store: DeltaStore
+) -> Watcher[str]:
+    """The shared delivery loop over one Graph mailbox."""
+    return Watcher(config, sink, stop, GraphSource(config, stop, client, store))

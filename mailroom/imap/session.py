@@ -358,7 +358,7 @@ class ImapSession:
         """Done, but left on the server whatever after_delivery says: its job holds only the header.
 
         Flagged \\Seen and $MailroomParked, so no SEARCH offers it again; on a server that cannot keep
-        keywords only \\Seen (the watcher then remembers the UIDs itself, see MailboxWatcher).
+        keywords only \\Seen (the watcher then remembers the UIDs itself, see imap.watcher.ImapSource).
         """
         if not uids:
             return

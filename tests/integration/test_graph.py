@@ -112,7 +112,7 @@ def test_throttling_and_an_expired_token_are_ridden_out(tmp_path, monkeypatch, r
         oauth.revoke_all()  # the cached token dies: Graph answers 401, the client gets a fresh one
         graph.deliver(make_message(2))
         wait_for(lambda: not graph.unread(), timeout=30)
-        client = running.watchers[0].client
+        client = running.watchers[0].source.client
     print(f"throttled answers honoured: {client.throttled}; token requests: {len(oauth.token_requests)}")
     assert client.throttled == 3
     assert len(oauth.token_requests) == 2
@@ -149,7 +149,7 @@ def test_restart_mid_batch_loses_nothing_and_doubles_nothing(tmp_path, monkeypat
 
     first.sink = enqueue_then_die
     with pytest.raises(RuntimeError):
-        first.poll()
+        first.catch_up(first.source.connect())
     assert len(graph.unread()) == 3  # nothing marked
     assert len(queue(redis_url)) == 3
     assert redis.Redis.from_url(redis_url).get(delta_key(mailbox)) is None  # the round was not committed

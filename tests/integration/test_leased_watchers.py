@@ -63,14 +63,14 @@ def test_a_stopping_watcher_keeps_its_lease_until_it_has_exited(dovecot, redis_u
     """Before: the lease was released after a 1 s join while the old watcher was still delivering, and the
     other replica watched the same mailbox beside it (4 s in the issue's measurement)."""
     import mailroom.app as app
-    from mailroom.imap.watcher import MailboxWatcher
+    from mailroom.source import Watcher
 
     account = dovecot.add_user(f"handover-{time.monotonic_ns()}", "secret")
     settings = use_config(
         monkeypatch, write_config(tmp_path / "c.yml", redis_url, mailbox_config(account), lease_ttl=1.5)
     )
     in_sink = threading.Event()
-    real_make_sink, real_run = app.make_sink, MailboxWatcher.run
+    real_make_sink, real_run = app.make_sink, Watcher.run
 
     def slow_make_sink(*args, **kwargs):
         sink = real_make_sink(*args, **kwargs)
@@ -93,7 +93,7 @@ def test_a_stopping_watcher_keeps_its_lease_until_it_has_exited(dovecot, redis_u
             run[1] = time.monotonic()
 
     monkeypatch.setattr(app, "make_sink", slow_make_sink)
-    monkeypatch.setattr(MailboxWatcher, "run", recorded_run)
+    monkeypatch.setattr(Watcher, "run", recorded_run)
     stops = [threading.Event(), threading.Event()]
     replicas = [start_watchers(settings, stop) for stop in stops]
     try:

@@ -14,7 +14,7 @@ import pytest
 from mailroom.config import ImapMailbox, MailboxKind
 from mailroom.errors import FetchFailed, ImapError
 from mailroom.imap.session import FolderState
-from mailroom.imap.watcher import MailboxWatcher
+from mailroom.imap.watcher import imap_watcher
 from mailroom.poison import MemoryLedger, Suspects
 from mailroom.source import SourceMessage
 
@@ -100,7 +100,7 @@ def _run(box: Mailbox, done: Callable[[list[int], list[int]], bool]) -> tuple[li
         box.sessions += 1
         return FakeSession(box)
 
-    watcher = MailboxWatcher(
+    watcher = imap_watcher(
         CONFIG,
         lambda batch: delivered.extend(m.ref for m in batch),
         stop,

@@ -12,8 +12,8 @@ import pytest
 from mailroom.config import ImapMailbox, MailboxKind
 from mailroom.errors import EnqueueError, ImapError
 from mailroom.imap.session import FolderState
-from mailroom.imap.watcher import Backoff, MailboxWatcher
-from mailroom.source import SourceMessage
+from mailroom.imap.watcher import ImapConnection, ImapSource, imap_watcher
+from mailroom.source import Backoff, SourceMessage, Watcher
 
 CONFIG = ImapMailbox(
     name="support", host="127.0.0.1", security="none", username="u", password="p", batch_size=2
@@ -75,10 +75,16 @@ class FakeSession:
         pass
 
 
-def _watcher(sink, stop=None, open_session=None) -> MailboxWatcher:
-    return MailboxWatcher(
+def _watcher(sink, stop=None, open_session=None) -> Watcher[int]:
+    return imap_watcher(
         CONFIG, sink, stop or threading.Event(), open_session=open_session or (lambda c: None)
     )
+
+
+def _catch_up(watcher: Watcher[int], session: FakeSession) -> None:
+    source = watcher.source
+    assert isinstance(source, ImapSource)
+    watcher.catch_up(ImapConnection(source, session))
 
 
 def test_marks_each_batch_only_after_the_sink_returned():
@@ -88,7 +94,7 @@ def test_marks_each_batch_only_after_the_sink_returned():
     def sink(batch):
         seen_marked_at_sink_time.append(list(session.marked))
 
-    _watcher(sink).catch_up(session)
+    _catch_up(_watcher(sink), session)
     assert session.marked == [1, 2, 3]
     assert seen_marked_at_sink_time == [[], [1], [1, 2]]
 
@@ -100,14 +106,14 @@ def test_a_failing_sink_leaves_the_batch_unmarked():
         raise EnqueueError("redis down")
 
     with pytest.raises(EnqueueError):
-        _watcher(sink).catch_up(session)
+        _catch_up(_watcher(sink), session)
     assert session.marked == []
 
 
 def test_mail_announced_during_the_last_search_is_fetched_before_idling():
     session = FakeSession({1: b"a"}, arrivals={2: {2: b"late"}})
     delivered = []
-    _watcher(lambda batch: delivered.extend(m.ref for m in batch)).catch_up(session)
+    _catch_up(_watcher(lambda batch: delivered.extend(m.ref for m in batch)), session)
     assert delivered == [1, 2]
     assert session.idles == 0
 
@@ -119,7 +125,7 @@ def test_stop_finishes_the_batch_in_hand_and_starts_no_other():
     def sink(batch):
         stop.set()
 
-    _watcher(sink, stop).catch_up(session)
+    _catch_up(_watcher(sink, stop), session)
     assert session.marked == [1]
 
 
@@ -140,7 +146,7 @@ def test_run_survives_connection_errors_and_bugs_then_delivers():
         stop.set()
 
     watcher = _watcher(sink, stop, open_session)
-    watcher._backoff = Backoff(base=0.001, cap=0.001)
+    watcher.backoff = Backoff(base=0.001, cap=0.001)
     watcher.run()
     assert len(attempts) == 3 and session.marked == [1]
     assert watcher.status.last_error is None
@@ -167,7 +173,7 @@ def test_quiet_keepalive_renewals_cost_no_search():
         return False
 
     session.idle = idle
-    watcher = MailboxWatcher(
+    watcher = imap_watcher(
         CONFIG.model_copy(update={"idle_timeout": 600, "keepalive_interval": 15}),
         lambda batch: None,
         stop,
@@ -191,7 +197,7 @@ def test_announced_mail_after_a_renewal_is_fetched():
         return True  # EXISTS during IDLE
 
     session.idle = idle
-    watcher = MailboxWatcher(
+    watcher = imap_watcher(
         CONFIG, lambda batch: delivered.extend(m.ref for m in batch), stop, lambda c: session
     )
     watcher.run()
@@ -205,7 +211,7 @@ def test_a_truncated_message_is_parked_never_marked_done():
         [[_message(1, b"a", 1), _message(2, b"header", 10**9, truncated=True)]]
     )
     session.pending_uids = lambda: [] if session.marked or session.parked else [1, 2]
-    _watcher(lambda batch: None).catch_up(session)
+    _catch_up(_watcher(lambda batch: None), session)
     assert session.marked == [1] and session.parked == [2]
 
 
@@ -221,8 +227,8 @@ def test_readiness_returns_after_a_redis_outage_without_reconnecting():
         stop.set()
 
     opened = []
-    watcher = MailboxWatcher(CONFIG, sink, stop, open_session=lambda c: opened.append(1) or session)
-    watcher._backoff = Backoff(base=0.001, cap=0.001)
+    watcher = imap_watcher(CONFIG, sink, stop, open_session=lambda c: opened.append(1) or session)
+    watcher.backoff = Backoff(base=0.001, cap=0.001)
     watcher.run()
     assert len(opened) == 1 and session.marked == [1]  # the same IMAP session throughout
     # the outage's error was cleared by the successful catch-up, not by a reconnect (there was none)
