@@ -113,3 +113,48 @@ def test_threaded_worker_sigkilled_with_jobs_in_flight(redis_url, tmp_path):
     assert code == 0
     assert doubles <= in_flight
     assert not StartedJobRegistry(queue=queue(redis_url)).get_job_ids()
+
+
+@pytest.mark.timeout(120)
+def test_worker_started_while_redis_is_away_waits_and_recovers(tmp_path):
+    """Before: a traceback and exit 1 (a CrashLoopBackOff in Kubernetes). Now: alive, not ready,
+    retrying with back-off; when Redis appears the jobs are handled; SIGTERM exits 0."""
+    from devstack.ports import free_port
+    from tests.integration.test_ops_health import get
+
+    server = RedisServer(tmp_path / "redis", port=free_port())
+    url = server.url
+    http_port = free_port()
+    mailbox = {
+        "name": "support", "host": "127.0.0.1", "security": "none", "username": "u", "password": "p",
+        "handler": "tests.worker_handlers:behave", "retries": [],
+    }  # fmt: skip
+    config = write_config(tmp_path / "c.yml", url, mailbox, log_format="json", http_port=http_port)
+    log = tmp_path / "worker.log"
+    worker = MailroomProcess(config, log, "worker").start()
+    try:
+        wait_for(lambda: _status(get, http_port, "/readyz") == 503, timeout=30, interval=0.5)
+        time.sleep(3)  # several failed attempts
+        assert worker.alive
+        assert _status(get, http_port, "/healthz") == 200
+        assert _status(get, http_port, "/readyz") == 503
+        server.start()
+        enqueue(load_settings(config), [f"now-{i}" for i in range(20)])
+        client = redis.Redis.from_url(url)
+        wait_for(lambda: client.llen(CALLS_KEY) == 20, timeout=60, interval=0.5)
+        assert _status(get, http_port, "/readyz") == 200
+        code, _ = worker.terminate(timeout=30)
+        assert code == 0
+        text = log.read_text()
+        assert "Redis unavailable" in text and "Traceback" not in text
+        assert all(_is_json(line) for line in text.splitlines() if line.strip())
+    finally:
+        worker.kill()
+        server.kill()
+
+
+def _status(get, port: int, path: str) -> int | None:
+    try:
+        return int(get(port, path)[0])
+    except OSError:
+        return None
