@@ -16,11 +16,23 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
+import workers.jobs
 from devstack import append_messages, count, make_message
 from devstack.mailbox import connect
 from mailroom import history, logs
 from tests.chaos.harness import drain, imap
-from tests.support import handled, mailbox_config, queue, use_config, wait_for, watching, write_config
+from tests.support import (
+    HANDLED_KEY,
+    handled,
+    mailbox_config,
+    queue,
+    run_worker,
+    use_config,
+    wait_for,
+    watching,
+    write_config,
+)
+from workers.incoming import IncomingEmail
 
 pytestmark = pytest.mark.integration
 
@@ -166,3 +178,41 @@ def test_a_megabyte_message_id_and_key_stay_small_in_logs_jobs_and_history(
     connection = redis.Redis.from_url(redis_url)
     record = connection.hgetall(history.RECORD_PREFIX + job.id)
     assert record and sum(len(k) + len(v) for k, v in record.items()) < 4_000
+
+
+def read_body(email: IncomingEmail) -> str:
+    """A handler that reads the text, as most applications do (IncomingEmail.body: the MIME parse)."""
+    client = redis.Redis.from_url(workers.jobs.settings().redis_url)
+    client.rpush(HANDLED_KEY, f"{email.message_id}|{email.key}|{len(email.body.text or '')}")
+    return "read"
+
+
+@pytest.mark.timeout(180)
+def test_header_bombs_are_queued_and_their_bodies_read_within_the_job_timeout(
+    imap_account, redis_url, tmp_path, monkeypatch
+):
+    """Thirty 65 KB To/Cc headers naming the key's domain (3.2 s of parse_message per message before) and a
+    1.4 MB encoded-word Subject (13.3 s in IncomingEmail.body before, over this test's 5 s job_timeout)."""
+    quoted = b'"Doe, Jane (%d)" <jane@example.com>, (a comment) x@example.com, ' * 1000
+    addresses = b"".join(b"Cc: " + quoted[:65_000] + b"\r\n" for _ in range(30))
+    subject = b"Subject: " + b"=?utf-8?q?caf=C3=A9?= \r\n " * 60_000 + b"x\r\n"
+    bombs = [
+        addresses + b"To: incoming+addresses@example.com\r\nMessage-ID: <a@x>\r\n\r\nthe text\r\n",
+        subject + b"To: incoming+subject@example.com\r\nMessage-ID: <s@x>\r\n\r\nthe text\r\n",
+    ]
+    append_messages(*imap(imap_account), bombs)
+    box = mailbox_config(imap_account, handler="tests.integration.test_hostile_mail:read_body")
+    settings = use_config(monkeypatch, write_config(tmp_path / "c.yml", redis_url, box, job_timeout=5))
+    started = time.monotonic()
+    with watching(settings):
+        wait_for(lambda: count(*imap(imap_account)) == 0, timeout=60)
+    print(f"queued in {time.monotonic() - started:.1f} s")
+    started = time.monotonic()
+    run_worker(redis_url)
+    took = time.monotonic() - started
+    print(f"handled in {took:.1f} s")
+    assert took < 5  # both jobs inside one job_timeout (the old parse: 9.7 s here, 13 s and more elsewhere)
+    assert FailedJobRegistry(queue=queue(redis_url)).count == 0
+    records = sorted(handled(redis_url))
+    assert [r.rsplit("|", 1)[0] for r in records] == ["a@x|addresses", "s@x|subject"]
+    assert all(int(r.rsplit("|", 1)[1]) >= len("the text") for r in records)  # the body was read
