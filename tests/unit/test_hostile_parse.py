@@ -6,15 +6,17 @@ import base64
 import os
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rq.serializers import JSONSerializer
 
+from bench import messages as bench_messages
 from mailroom.config import MailboxKind
 from mailroom.keys import AddressTemplate
-from mailroom.message import mime_view, parse_body, parse_message
+from mailroom.message import _body_with_mailparser, _body_with_stdlib, mime_view, parse_body, parse_message
 from mailroom.schema import JobPayload
 from mailroom.source import SourceMessage
 from tests.unit.test_parse_properties import check_body, check_parsed
@@ -156,3 +158,26 @@ def test_mime_view_keeps_what_the_body_needs():
     )
     assert view.endswith(b"X-Part: kept\r\n\r\nhello\r\n--z--\r\n") and not problems
     assert parse_body(raw).text == "hello\r\n" or parse_body(raw).text == "hello"
+
+
+SAMPLES = sorted((Path(__file__).parent.parent / "data").glob("*.eml"))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [p.read_bytes() for p in SAMPLES] + [bench_messages.message(i) for i in range(8)],
+    ids=[p.name for p in SAMPLES] + [f"bench-{bench_messages.KINDS[i % 4]}-{i}" for i in range(8)],
+)
+def test_mime_view_leaves_ordinary_mail_as_it_was(raw):
+    """The MIME parsers see only the MIME fields of the top-level header: on ordinary mail the text, HTML
+    and attachments are what mail-parser (and the stdlib) read from the whole message."""
+    problems: list[str] = []
+    view = mime_view(raw, problems)
+    assert not problems
+    try:
+        whole = _body_with_mailparser(raw)
+    except Exception:
+        assert _body_with_stdlib(view) == _body_with_stdlib(raw)
+        return
+    assert _body_with_mailparser(view) == whole
+    assert _body_with_stdlib(view) == _body_with_stdlib(raw)
