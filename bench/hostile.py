@@ -97,6 +97,8 @@ def families(size: int) -> dict[str, tuple[bytes, int]]:
     parts = b"".join(b"--z\r\nContent-Type: text/plain\r\n\r\npart %d\r\n" % i for i in range(size // 50))
     mixed = b'Content-Type: multipart/mixed; boundary="z"\r\n\r\n' + parts + b"--z--\r\n"
     built["many MIME parts"] = (_TOP + _TAIL + mixed, len(_TOP + _TAIL) + 48)
+    flood = b'Content-Type: multipart/mixed; boundary="z"\r\n\r\n' + _fill(b"--z\r\n--y\r\n", size)
+    built["delimiter lines"] = (_TOP + _TAIL + flood, len(_TOP + _TAIL) + 48)
     filename = _fold(b"=?utf-8?q?caf=C3=A9?= ", size)
     attached = (
         b'Content-Type: multipart/mixed; boundary="z"\r\n\r\n--z\r\nContent-Type: text/plain\r\n\r\nsee\r\n'

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import heapq
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -506,9 +507,12 @@ def _mime_cut(view: bytes) -> tuple[int, str]:
             break
     # Boundary declarations and delimiter lines in order: a rough model of the parser's stack of open
     # multiparts, enough to see nesting and part counts (a declaration in a text body counts too).
-    events = [(m.start(), True, m.group(1).rstrip()) for m in _BOUNDARY.finditer(lowered, 0, cut)]
-    events += [(m.start() + 1, False, m.group(1).rstrip()) for m in _DELIMITER.finditer(lowered, 0, cut)]
-    events.sort(key=lambda event: event[0])
+    # Merged lazily: a flood of delimiter lines stops being read at the part limit.
+    events = heapq.merge(
+        ((m.start(), True, m.group(1).rstrip()) for m in _BOUNDARY.finditer(lowered, 0, cut)),
+        ((m.start() + 1, False, m.group(1).rstrip()) for m in _DELIMITER.finditer(lowered, 0, cut)),
+        key=lambda event: event[0],
+    )
     stack: list[bytes] = []
     parts = 0
     for position, declared, name in events:
