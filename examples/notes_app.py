@@ -22,8 +22,7 @@ import sqlite3
 import threading
 from dataclasses import dataclass
 
-from workers.errors import PermanentHandlerError
-from workers.incoming import IncomingEmail
+from mailroom import IncomingEmail, PermanentHandlerError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS notifications (
