@@ -17,12 +17,15 @@ import os
 import re
 import shlex
 import sys
+import threading
+import time
 from collections.abc import Callable, Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
+import structlog
 import yaml
 from pydantic import (
     BaseModel,
@@ -99,6 +102,114 @@ SecretFile = Annotated[Path, Field(description="a file holding a secret, re-read
 def read_secret_file(path: Path) -> str:
     """A secret from a mounted file, without the trailing newline editors and ``kubectl`` add."""
     return path.read_text(encoding="utf-8").rstrip("\r\n")
+
+
+SECRET_CHECK_INTERVAL = 1.0  # seconds between two looks at a followed secret file
+SECRET_RACY_SECONDS = 2.0  # a file's stat younger than this may hide a rewrite within one timestamp tick
+_Stamp = tuple[int, int, int, int]  # device, inode, size, mtime in ns: what a rewrite or a swap changes
+
+
+class FollowedSecretFile:
+    """A secret in a file that is replaced under the running process, as a Kubernetes Secret volume is.
+
+    The file is stat'ed at most once per ``check_interval`` (seconds of ``clock``) and read only when its
+    stat changed, so a call costs no I/O. ``os.stat`` follows symlinks, so the kubelet's swap of the
+    ``..data`` link shows as a new inode; a stat younger than SECRET_RACY_SECONDS is not trusted (a
+    rewrite within one timestamp tick keeps size, inode and mtime), so the next check reads again. A file
+    missing, unreadable or empty at a check (the moment of a swap, a careless rewrite) keeps the last
+    good value, with one warning ``<name>_unreadable`` until it is good again. The value is never logged.
+
+    The first read has no last good value: ``current()`` then raises OSError, or ValueError for an empty
+    file or one that is not UTF-8.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        name: str,
+        check_interval: float = SECRET_CHECK_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+        read: Callable[[Path], str] = read_secret_file,
+    ) -> None:
+        self.path = path
+        self.name = name
+        self._interval = check_interval
+        self._clock = clock
+        self._read = read
+        self._lock = threading.Lock()
+        self._warned = False
+        self._value: str | None = None
+        self._stamp: _Stamp | None = None
+        self._next_check = 0.0
+
+    def current(self) -> str:
+        """The secret, as of the last check."""
+        if self._value is None:
+            with self._lock:
+                if self._value is None:
+                    stamp = _stamp(self.path)
+                    value = self._read(self.path)
+                    if not value.strip():
+                        raise ValueError(f"{self.path} is empty")
+                    self._value, self._stamp = value, _trusted(stamp)
+                    self._next_check = self._clock() + self._interval
+            return self._value
+        if self._clock() >= self._next_check:
+            self._check()
+        return self._value
+
+    def recheck(self) -> None:
+        """Look at the file again at the next call, whatever the interval (the secret was refused)."""
+        self._stamp = None
+        self._next_check = 0.0
+
+    def _check(self) -> None:
+        with self._lock:  # a thread pool caller must not race the check
+            now = self._clock()
+            if now < self._next_check:
+                return
+            self._next_check = now + self._interval
+            try:
+                stamp = _stamp(self.path)  # before the read: a write in between shows at the next check
+                if stamp == self._stamp:
+                    return
+                value = self._read(self.path)
+            except OSError as exc:
+                self._keep_last(exc.strerror or type(exc).__name__)
+                return
+            except UnicodeDecodeError:
+                self._keep_last("not UTF-8")
+                return
+            if not value.strip():
+                self._keep_last("empty")
+                return
+            self._stamp = _trusted(stamp)
+            log = structlog.get_logger("mailroom.config")
+            if value != self._value:
+                log.info(f"{self.name}_reloaded", path=str(self.path))
+            elif self._warned:
+                log.info(f"{self.name}_readable_again", path=str(self.path))
+            self._value = value
+            self._warned = False
+
+    def _keep_last(self, problem: str) -> None:
+        if not self._warned:
+            structlog.get_logger("mailroom.config").warning(
+                f"{self.name}_unreadable", path=str(self.path), problem=problem, keeping="last value"
+            )
+            self._warned = True
+
+
+def _stamp(path: Path) -> _Stamp:
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _trusted(stamp: _Stamp) -> _Stamp | None:
+    """``stamp``, or None (read again at the next check) while the file is too new to be judged by it."""
+    age = time.time() - stamp[3] / 1e9
+    return stamp if age >= SECRET_RACY_SECONDS else None
 
 
 def _read_secret(inline: SecretStr | None, path: Path | None) -> str | None:

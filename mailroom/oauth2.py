@@ -28,7 +28,7 @@ from typing import Protocol
 
 import structlog
 
-from mailroom.config import OAuth2Config, read_secret_file
+from mailroom.config import FollowedSecretFile, OAuth2Config, read_secret_file
 from mailroom.errors import TokenError
 
 log = structlog.get_logger("mailroom.oauth2")
@@ -48,28 +48,24 @@ class TokenSource(Protocol):
 
 
 class FileTokenSource:
-    """The token in a file, re-read when the file changes."""
+    """The token in a file that a sidecar keeps fresh, followed (mailroom.config.FollowedSecretFile):
+    looked at at most once a second, re-read when it changed, the last good token kept while the file
+    is briefly missing or empty (a Kubernetes Secret swap)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, clock: Callable[[], float] = time.monotonic) -> None:
         self.path = path
-        self._stamp: tuple[int, int, int] | None = None
-        self._token = ""
+        self._file = FollowedSecretFile(path, name="oauth2_token_file", clock=clock)
 
     def token(self) -> str:
         try:
-            stat = self.path.stat()
-            stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
-            if stamp != self._stamp:
-                self._token = read_secret_file(self.path).strip()
-                self._stamp = stamp
+            return self._file.current().strip()
         except OSError as exc:
             raise TokenError(f"token_file {self.path}: {exc.strerror or exc}") from None
-        if not self._token:
-            raise TokenError(f"token_file {self.path} is empty")
-        return self._token
+        except ValueError:
+            raise TokenError(f"token_file {self.path} is empty or not UTF-8") from None
 
     def invalidate(self) -> None:
-        self._stamp = None
+        self._file.recheck()
 
 
 class GrantTokenSource:

@@ -28,8 +28,6 @@ import asyncio
 import hashlib
 import hmac
 import json
-import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,7 +43,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mailroom.config import ProviderConfig, read_secret_file
+from mailroom.config import SECRET_CHECK_INTERVAL, FollowedSecretFile, ProviderConfig, read_secret_file
 from mailroom.provider.metrics import WEBHOOK_EVENTS, WEBHOOK_REJECTED
 from mailroom.provider.suppression import SuppressionList, normalise
 
@@ -56,10 +54,7 @@ REPLAY_PREFIX = "mailroom:webhook-token:"
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 MAX_TOKEN_CHARS = 256
 # How often the key file is looked at (one stat; it is read only when the stat changed).
-KEY_CHECK_INTERVAL = 1.0
-# A file modified this recently may be rewritten again within the same timestamp tick and at the same
-# size, which its stat would not show: such a stat is not trusted, and the file is read at the next check.
-KEY_RACY_SECONDS = 2.0
+KEY_CHECK_INTERVAL = SECRET_CHECK_INTERVAL
 KNOWN_EVENTS = frozenset(
     {
         "accepted",
@@ -210,20 +205,11 @@ class FixedSigningKey:
         return self._key
 
 
-_Stamp = tuple[int, int, int, int]  # device, inode, size, mtime in ns: what a rewrite or a swap changes
-
-
 class SigningKeyFile:
-    """A key in a file that can be replaced under the running process, as a Kubernetes Secret volume is.
-
-    The file is stat'ed at most once per ``check_interval`` (seconds of ``clock``) and read only when its
-    stat changed, so a call costs no I/O and the rare check (a stat, a read of a few bytes) can run on
-    the event loop. ``os.stat`` follows symlinks, so the kubelet's swap of the ``..data`` link shows as a
-    new inode. A file missing, unreadable or empty at a check (the moment of a swap, or a careless
-    rewrite) keeps the last good key, with one warning until the file is good again: answering 404 to
-    every genuine call would be worse than verifying against the key of a second ago. The key itself is
-    never logged.
-    """
+    """The webhook signing key as a followed file (mailroom.config.FollowedSecretFile): a Secret rotated
+    in place takes effect within a second, and a file missing or empty for a moment keeps the last good
+    key (answering 404 to every genuine call would be worse than verifying against the key of a second
+    ago). At start-up the key must be there: OSError, or ValueError for an empty file."""
 
     def __init__(
         self,
@@ -234,70 +220,17 @@ class SigningKeyFile:
         read: Callable[[Path], str] = read_secret_file,
     ) -> None:
         self.path = path
-        self._interval = check_interval
-        self._clock = clock
-        self._read = read
-        self._lock = threading.Lock()
-        self._warned = False
-        stamp = _stamp(path)  # at start-up the file must be there: OSError otherwise
-        key = read(path)
-        if not key.strip():
-            raise ValueError(f"the webhook signing key file {path} is empty")
-        self._key = key
-        self._stamp: _Stamp | None = _trusted(stamp)
-        self._next_check = clock() + check_interval
+        self._file = FollowedSecretFile(
+            path, name="webhook_signing_key", check_interval=check_interval, clock=clock, read=read
+        )
+        try:
+            self._file.current()
+        except ValueError:
+            raise ValueError(f"the webhook signing key file {path} is empty") from None
 
     def current(self) -> str:
         """The key to verify this call with: the file's, as of the last check."""
-        if self._clock() >= self._next_check:
-            self._check()
-        return self._key
-
-    def _check(self) -> None:
-        with self._lock:  # the app calls from one event loop, but a thread pool caller must not race
-            now = self._clock()
-            if now < self._next_check:
-                return
-            self._next_check = now + self._interval
-            try:
-                stamp = _stamp(self.path)  # before the read: a write in between shows at the next check
-                if stamp == self._stamp:
-                    return
-                key = self._read(self.path)
-            except OSError as exc:
-                self._keep_last_key(exc.strerror or type(exc).__name__)
-                return
-            except UnicodeDecodeError:
-                self._keep_last_key("not UTF-8")
-                return
-            if not key.strip():
-                self._keep_last_key("empty")
-                return
-            self._stamp = _trusted(stamp)
-            if key != self._key:
-                log.info("webhook_signing_key_reloaded", path=str(self.path))
-            elif self._warned:
-                log.info("webhook_signing_key_readable_again", path=str(self.path))
-            self._key = key
-            self._warned = False
-
-    def _keep_last_key(self, problem: str) -> None:
-        if not self._warned:
-            log.warning(
-                "webhook_signing_key_unreadable", path=str(self.path), problem=problem, keeping="last key"
-            )
-            self._warned = True
-
-
-def _stamp(path: Path) -> _Stamp:
-    st = os.stat(path)
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-def _trusted(stamp: _Stamp) -> _Stamp | None:
-    """``stamp``, or None (read again at the next check) while the file is too new to be judged by it."""
-    age = time.time() - stamp[3] / 1e9
-    return stamp if age >= KEY_RACY_SECONDS else None
+        return self._file.current()
 
 
 def signing_key_source(config: ProviderConfig) -> SigningKeySource:

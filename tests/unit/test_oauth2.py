@@ -148,14 +148,38 @@ def test_unreachable_token_endpoint(tmp_path: Path) -> None:
 def test_token_file_is_reread_when_it_changes(tmp_path: Path) -> None:
     path = tmp_path / "token"
     path.write_text("token-one\n")
-    source = FileTokenSource(path)
+    now = [0.0]
+    source = FileTokenSource(path, clock=lambda: now[0])
     assert source.token() == "token-one"
     path.write_text("token-two-longer\n")
+    assert source.token() == "token-one"  # looked at once a second at most
+    now[0] += 1
     assert source.token() == "token-two-longer"
     # same size, new mtime: still noticed
     path.write_text("token-two-LONGER\n")
     os.utime(path, ns=(1, 1))
+    now[0] += 1
     assert source.token() == "token-two-LONGER"
+    path.write_text("token-three\n")
+    source.invalidate()  # the server refused the token: look again now
+    assert source.token() == "token-three"
+
+
+def test_token_file_swap_keeps_the_last_good_token(tmp_path: Path) -> None:
+    """A Kubernetes Secret swap leaves the file missing or empty for a moment: the login in that moment
+    uses the token of a second ago instead of failing."""
+    path = tmp_path / "token"
+    path.write_text("token-one\n")
+    now = [0.0]
+    source = FileTokenSource(path, clock=lambda: now[0])
+    assert source.token() == "token-one"
+    for swap in (path.unlink, lambda: path.write_text("\n")):
+        swap()
+        now[0] += 1
+        assert source.token() == "token-one"
+    path.write_text("token-two\n")
+    now[0] += 1
+    assert source.token() == "token-two"
 
 
 def test_token_file_missing_or_empty(tmp_path: Path) -> None:
