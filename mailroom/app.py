@@ -1,19 +1,22 @@
-"""The composition root: IMAP session -> parse -> guarded enqueue, one watcher thread per mailbox."""
+"""The composition root: IMAP session -> parse -> guarded enqueue, one watcher thread per mailbox; the
+``watch`` and ``webhooks`` processes (``run_watch``, ``run_webhooks``; the worker's is mailroom.worker)."""
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
+from types import FrameType
 from typing import Any, TypeAlias, cast
 
 from prometheus_client.registry import Collector
 
 from mailroom import logs, metrics
-from mailroom.config import AuthMethod, GraphMailbox, MailboxConfig, OAuth2Config, Settings
+from mailroom.config import AuthMethod, GraphMailbox, MailboxConfig, OAuth2Config, ProviderConfig, Settings
 from mailroom.health import MARGIN_SECONDS, Check, WatchedMailbox, WatcherProbe
 from mailroom.imap.session import ImapSession
 from mailroom.imap.watcher import WatchLimits, imap_watcher
@@ -220,3 +223,64 @@ def serve_watcher_health(settings: Settings, watchers: Watchers, port: int | Non
         ),
     ]
     return HealthServer(port if port is not None else settings.http_port or 0, probe, collectors).start()
+
+
+SHUTDOWN_GRACE_SECONDS = 8.0  # a watcher finishing its batch after SIGTERM; the pod's grace period is longer
+
+
+def run_watch(settings: Settings) -> int:
+    """The ``watch`` process: every mailbox watched (with leases when configured), the health server on
+    ``http_port``, until SIGTERM or SIGINT. Returns the exit code: 0 when every watcher stopped in time."""
+    from mailroom import sentry
+
+    sentry.init(settings, "watcher")
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    watchers = start_watchers(settings, stop)
+    server = serve_watcher_health(settings, watchers) if settings.http_port is not None else None
+    stop.wait()
+    if server is not None:
+        server.stop()
+    return 0 if watchers.join(SHUTDOWN_GRACE_SECONDS) else 1
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def run_webhooks(settings: Settings, provider: ProviderConfig, host: str | None, port: int | None) -> None:
+    """The ``webhooks`` process: the provider's signed webhook receiver (uvicorn) on ``host:port``
+    (default provider.webhook_host and webhook_port), with its metrics on provider.metrics_port.
+
+    Imported here, not at the top: the watcher never loads the web server and the provider's modules.
+    """
+    from prometheus_client import REGISTRY, start_http_server
+
+    from mailroom.provider.mailgun_stats import MailgunStats
+    from mailroom.provider.metrics import register_suppression_size
+    from mailroom.provider.server import serve
+    from mailroom.provider.suppression import SuppressionList
+    from mailroom.provider.webhooks import create_app, signing_key_source
+
+    connection = connect(settings.redis_url)
+    if provider.metrics_port is not None:
+        register_suppression_size(SuppressionList(connection).count)
+        api_key = provider.read_api_key()
+        if api_key and provider.stats_domains:
+            stats = MailgunStats(provider.api_base, api_key, provider.stats_domains)
+            REGISTRY.register(stats)
+            threading.Thread(
+                target=stats.run, args=(threading.Event(), provider.stats_interval), daemon=True
+            ).start()
+        start_http_server(provider.metrics_port)
+    app = create_app(provider, connection, signing_key_source(provider))
+    serve(
+        app,
+        host or provider.webhook_host,
+        provider.webhook_port if port is None else port,
+        settings.log_level,
+    )

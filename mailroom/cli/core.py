@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import signal
 import sys
-import threading
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import click
@@ -15,8 +12,6 @@ import yaml
 
 from mailroom.cli.base import cli, load_or_exit
 from mailroom.config import DEFAULT_ADDRESS, INCOMING_ADDRESS_ENV, Settings, masked
-
-SHUTDOWN_GRACE_SECONDS = 8.0
 
 
 @cli.command("check-config")
@@ -38,25 +33,14 @@ def check_config(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def watch(ctx: click.Context) -> None:
     """Watch every configured mailbox and enqueue each new message (until SIGTERM or Ctrl-C)."""
-    from mailroom import sentry
-    from mailroom.app import serve_watcher_health, start_watchers
-    from mailroom.stopping import StopEvent
+    from mailroom.app import run_watch
 
     settings = load_or_exit(ctx, service=True, start=True)
     if not settings.mailboxes:
         click.echo("config error: mailboxes: configure at least one mailbox to watch", err=True)
         ctx.exit(2)
     _refuse_unsafe_redis(ctx, settings)
-    sentry.init(settings, "watcher")
-    stop = StopEvent()  # watchers in IDLE wait on its descriptor, not in one-second slices
-    _stop_on_signals(stop)
-    watchers = start_watchers(settings, stop)
-    server = serve_watcher_health(settings, watchers) if settings.http_port is not None else None
-    stop.wait()
-    if server is not None:
-        server.stop()
-    clean = watchers.join(SHUTDOWN_GRACE_SECONDS)
-    ctx.exit(0 if clean else 1)
+    ctx.exit(run_watch(settings))
 
 
 def _refuse_unsafe_redis(ctx: click.Context, settings: Settings) -> None:
@@ -72,14 +56,6 @@ def _refuse_unsafe_redis(ctx: click.Context, settings: Settings) -> None:
     if refusal is not None:
         click.echo(f"redis error: {refusal}", err=True)
         ctx.exit(2)
-
-
-def _stop_on_signals(stop: threading.Event) -> None:
-    def handler(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
 
 
 @cli.command()

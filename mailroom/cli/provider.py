@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from typing import Any
 
 import click
@@ -24,14 +23,7 @@ def webhooks(ctx: click.Context, host: str | None, port: int | None) -> None:
     404 with an empty body. A key file is followed: a rewritten (rotated) key takes effect within a
     second or so, without a restart. Prometheus metrics are served on provider.metrics_port when set.
     """
-    from prometheus_client import REGISTRY, start_http_server
-
-    from mailroom.provider.mailgun_stats import MailgunStats
-    from mailroom.provider.metrics import register_suppression_size
-    from mailroom.provider.server import serve
-    from mailroom.provider.suppression import SuppressionList
-    from mailroom.provider.webhooks import create_app, signing_key_source
-    from mailroom.redis_client import connect
+    from mailroom.app import run_webhooks
 
     settings = load_or_exit(ctx, service=True, start=True)
     provider = settings.provider
@@ -42,24 +34,7 @@ def webhooks(ctx: click.Context, host: str | None, port: int | None) -> None:
             err=True,
         )
         ctx.exit(2)
-    connection = connect(settings.redis_url)
-    if provider.metrics_port is not None:
-        register_suppression_size(SuppressionList(connection).count)
-        api_key = provider.read_api_key()
-        if api_key and provider.stats_domains:
-            stats = MailgunStats(provider.api_base, api_key, provider.stats_domains)
-            REGISTRY.register(stats)
-            threading.Thread(
-                target=stats.run, args=(threading.Event(), provider.stats_interval), daemon=True
-            ).start()
-        start_http_server(provider.metrics_port)
-    app = create_app(provider, connection, signing_key_source(provider))
-    serve(
-        app,
-        host or provider.webhook_host,
-        provider.webhook_port if port is None else port,
-        settings.log_level,
-    )
+    run_webhooks(settings, provider, host, port)
 
 
 @cli.group()
