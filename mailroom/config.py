@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, get_args
 from urllib.parse import urlsplit
 
 import structlog
@@ -38,6 +38,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -73,9 +74,8 @@ class _Model(BaseModel):
     A rule about the form of one value is a type, a ``Field`` constraint or a field validator: pydantic
     reports it together with every other malformed value. A rule that needs more than the value (other
     fields, the file system, where a secret may be sent) is a ``(field, problem)`` pair from
-    ``_problems()``, checked once every field parsed; every path in the configuration names a file
-    mailroom reads, so a path that is not a readable file is such a problem. Nothing raises at the model
-    level without naming a field.
+    ``_problems()``, checked once every field parsed; a ``SecretFile`` or ``ReadableFile`` that is not a
+    readable file is such a problem. Nothing raises at the model level without naming a field.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -85,18 +85,35 @@ class _Model(BaseModel):
 
     @model_validator(mode="after")
     def _no_problems(self) -> Self:
+        fields = type(self).model_fields
         problems = [
             (name, f"{value} is not a readable file")
             for name, value in self
-            if isinstance(value, Path) and not value.is_file()
+            if isinstance(value, Path) and _READABLE in _annotations(fields[name]) and not value.is_file()
         ]
         _problems_found(type(self).__name__, problems + self._problems())
         return self
 
 
-# The one type of a secret held in a file (a mounted Kubernetes/Docker secret): read fresh on every use
-# with read_secret_file, so a rotated secret takes effect without a restart. Inline secrets are SecretStr.
-SecretFile = Annotated[Path, Field(description="a file holding a secret, re-read on every use")]
+_READABLE = "readable_file"  # marks a Path field that must name a readable file (checked by _Model)
+
+
+def _annotations(field: FieldInfo) -> list[Any]:
+    """The field's metadata, and that of an Annotated inside its type (``SecretFile | None``)."""
+    found = list(field.metadata)
+    pending = [field.annotation]
+    while pending:
+        annotation = pending.pop()
+        found.extend(getattr(annotation, "__metadata__", ()))
+        pending.extend(get_args(annotation))
+    return found
+
+
+# A file mailroom reads (a CA bundle), and the one type of a secret held in a file (a mounted
+# Kubernetes/Docker secret, read fresh on every use, so a rotated secret takes effect without a
+# restart). Inline secrets are SecretStr.
+ReadableFile = Annotated[Path, _READABLE]
+SecretFile = Annotated[Path, _READABLE, Field(description="a file holding a secret, re-read on every use")]
 
 
 def read_secret_file(path: Path) -> str:
@@ -418,7 +435,7 @@ class GraphConfig(_Model):
         return problems
 
 
-class _Mailbox(_Model):
+class MailboxBase(_Model):
     """What every mailbox has, whatever its source: its name, and what to do with its mail."""
 
     # Letters, digits, _ and -: the name goes into RQ job ids as it is (no two names may map to one id).
@@ -538,7 +555,7 @@ def search_keys(value: str) -> list[str]:
     return out
 
 
-class ImapMailbox(_Mailbox):
+class ImapMailbox(MailboxBase):
     """A mailbox on an IMAP server: IDLE (or polling) over one connection, password or OAuth2 login."""
 
     kind: Literal[MailboxKind.IMAP] = MailboxKind.IMAP
@@ -547,7 +564,7 @@ class ImapMailbox(_Mailbox):
     security: Security = Security.TLS
     allow_insecure: bool = Field(default=False, description="required for security: none off loopback")
     verify: bool = True
-    ca_file: Path | None = None
+    ca_file: ReadableFile | None = None
     username: str = Field(description="IMAP login (with oauth2: the mailbox address)")
     auth: AuthMethod = Field(default=AuthMethod.PASSWORD, description="IMAP login: password or oauth2")
     password: SecretStr | None = None
@@ -613,7 +630,7 @@ class ImapMailbox(_Mailbox):
         return problems
 
 
-class GraphMailbox(_Mailbox):
+class GraphMailbox(MailboxBase):
     """A Microsoft 365 mailbox read through Microsoft Graph: delta queries every ``poll_interval``."""
 
     kind: Literal[MailboxKind.GRAPH]
@@ -694,7 +711,7 @@ class SmtpConfig(_Model):
     port: int | None = Field(default=None, ge=1, le=65535, description="default 465 for tls, 587 otherwise")
     security: Security = Security.STARTTLS
     verify: bool = True
-    ca_file: Path | None = None
+    ca_file: ReadableFile | None = None
     username: str | None = None
     password: SecretStr | None = None
     password_file: SecretFile | None = None

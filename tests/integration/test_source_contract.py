@@ -1,5 +1,6 @@
-"""The source contract: every source (IMAP against a real Dovecot, Graph against tests/graphserver.py)
-behaves the same under the shared delivery loop (mailroom.source.Watcher).
+"""The source contract: every source (IMAP against a real Dovecot, Graph against tests/graphserver.py, and
+the Maildir example of docs/sources.md) behaves the same under the shared delivery loop
+(mailroom.source.Watcher).
 
 - a batch is marked done only after the sink returned; a sink that raises leaves it unmarked;
 - a message over max_message_size reaches the sink header-only (truncated) and is parked: it stays on
@@ -135,10 +136,48 @@ class GraphHarness:
         self.secret.write_text("wrong\n")
 
 
-@pytest.fixture(params=["imap", "graph"])
+@dataclass
+class MaildirHarness:
+    """The worked example of docs/sources.md (tests/maildir_source.py) under the same contract."""
+
+    path: Path
+    stop: threading.Event
+    kind: str = "maildir"
+    broken: bool = False
+    added: int = 0
+
+    def add(self, raw: bytes) -> None:
+        self.added += 1
+        tmp = self.path / "tmp" / f"{self.added}.mailroom-test"
+        tmp.write_bytes(raw)
+        tmp.rename(self.path / "new" / tmp.name)  # the Maildir delivery protocol: tmp/, then new/
+
+    def watcher(self, sink: Any, **config: Any) -> Watcher[Any]:
+        from tests.maildir_source import MaildirMailbox, maildir_watcher
+
+        path = self.path.parent / "missing" if self.broken else self.path
+        box = MaildirMailbox.model_validate({"name": "support", "path": path, "poll_interval": 0.2, **config})
+        return maildir_watcher(box, sink, self.stop)
+
+    def unmarked(self) -> int:
+        cur = [p for p in (self.path / "cur").iterdir() if not p.name.endswith("S")]
+        return len(list((self.path / "new").iterdir())) + len(cur)
+
+    def present(self) -> int:
+        return len(list((self.path / "new").iterdir())) + len(list((self.path / "cur").iterdir()))
+
+    def break_login(self) -> None:
+        self.broken = True
+
+
+@pytest.fixture(params=["imap", "graph", "maildir"])
 def source(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
     stop = threading.Event()
-    if request.param == "imap":
+    if request.param == "maildir":
+        for sub in ("tmp", "new", "cur"):
+            (tmp_path / "Maildir" / sub).mkdir(parents=True)
+        yield MaildirHarness(tmp_path / "Maildir", stop)
+    elif request.param == "imap":
         request.getfixturevalue("dovecot")
         yield ImapHarness(request.getfixturevalue("imap_account"), stop)
     else:
