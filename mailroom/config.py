@@ -772,8 +772,11 @@ class WorkerConfig(_Model):
     concurrency: int = Field(
         default=10, ge=1, le=1000, description="jobs at once per worker process (thread)"
     )
-    shutdown_timeout: float = Field(
-        default=25.0, ge=0, description="seconds running jobs get to finish after SIGTERM (thread)"
+    shutdown_timeout: float | None = Field(
+        default=None,
+        ge=0,
+        description="seconds running jobs get to finish after SIGTERM (thread); default: job_timeout, "
+        "so a stop never cuts a handler off mid-call (the pod's grace period must be longer)",
     )
 
 
@@ -874,6 +877,12 @@ class Settings(BaseSettings):
             if mailbox.name == name:
                 return mailbox
         raise KeyError(name)
+
+    def worker_shutdown_timeout(self) -> float:
+        """How long a stopping worker lets running handlers finish (by default a job's own time limit)."""
+        if self.worker.shutdown_timeout is not None:
+            return self.worker.shutdown_timeout
+        return float(self.job_timeout)
 
     def queues(self) -> list[str]:
         return sorted({m.queue for m in self.mailboxes}) or [DEFAULT_QUEUE]

@@ -63,7 +63,7 @@ def run_worker(
         worker = ThreadWorker(
             _queues(settings, names),
             concurrency=settings.worker.concurrency,
-            shutdown_timeout=settings.worker.shutdown_timeout,
+            shutdown_timeout=settings.worker_shutdown_timeout(),
             serializer=JSONSerializer,
             worker_ttl=WORKER_TTL,
         )

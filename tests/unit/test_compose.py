@@ -6,6 +6,7 @@ this file asserts something even on a machine with no Docker at all.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -95,3 +96,17 @@ def test_dockerfile() -> None:
     assert 'ENTRYPOINT ["mailroom"]' in text
     assert 'CMD ["watch"]' in text
     assert 'CMD ["python", "-m", "mailroom.healthcheck"]' in text  # HEALTHCHECK
+
+
+def _seconds(duration: str) -> float:
+    """A compose duration such as ``310s``, ``5m`` or ``1m30s``."""
+    units = {"h": 3600, "m": 60, "s": 1}
+    return sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([hms])", duration))
+
+
+def test_worker_stop_grace_covers_its_shutdown_timeout(compose: dict[str, Any]) -> None:
+    """docker compose SIGKILLs after stop_grace_period: running handlers must have finished by then."""
+    worker = compose["services"]["worker"]
+    settings = load_settings(ROOT / worker["volumes"][0].split(":")[0], environ={})
+    assert settings.worker_shutdown_timeout() >= settings.job_timeout
+    assert _seconds(worker["stop_grace_period"]) >= settings.worker_shutdown_timeout() + 5

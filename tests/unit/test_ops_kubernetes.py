@@ -16,7 +16,7 @@ import yaml
 from click.testing import CliRunner
 
 from mailroom.cli import cli
-from mailroom.config import DEFAULT_QUEUE, Settings
+from mailroom.config import DEFAULT_QUEUE, Settings, WorkerConfig
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
@@ -119,9 +119,14 @@ def test_the_image_is_the_released_version_set_by_kustomize() -> None:
 
 
 def test_the_worker_grace_period_covers_job_timeout() -> None:
-    job_timeout = _config().get("job_timeout", Settings.model_fields["job_timeout"].default)
+    """Kubernetes SIGKILLs the pod after its grace period: the worker must have let handlers finish by then."""
+    config = _config()  # its secret files do not exist here: read the two fields, defaults from the model
+    job_timeout = config.get("job_timeout", Settings.model_fields["job_timeout"].default)
+    worker = WorkerConfig.model_validate(config.get("worker", {}))
+    shutdown_timeout = job_timeout if worker.shutdown_timeout is None else worker.shutdown_timeout
     pod = _deployments()["mailroom-worker"]["spec"]["template"]["spec"]
-    assert pod["terminationGracePeriodSeconds"] >= job_timeout + 10
+    assert shutdown_timeout >= job_timeout, "a stop would cut handlers off mid-call"
+    assert pod["terminationGracePeriodSeconds"] >= shutdown_timeout + 10
 
 
 def test_replicas_spread_over_nodes_and_zones_and_need_no_service_links() -> None:
