@@ -119,7 +119,7 @@ def test_the_image_is_the_released_version_set_by_kustomize() -> None:
 
 
 def test_the_worker_grace_period_covers_job_timeout() -> None:
-    """Kubernetes SIGKILLs the pod after its grace period: the worker must have let handlers finish by then."""
+    """Kubernetes SIGKILLs the pod after its grace period: handlers must have finished by then."""
     config = _config()  # its secret files do not exist here: read the two fields, defaults from the model
     job_timeout = config.get("job_timeout", Settings.model_fields["job_timeout"].default)
     worker = WorkerConfig.model_validate(config.get("worker", {}))
