@@ -160,6 +160,7 @@ class ThreadWorker(BaseWorker):
         self._backoff = Backoff()
         self._last_heartbeats = time.monotonic()
         self._take = self.connection.register_script(_TAKE)
+        self._birth_tried = False  # a start attempt Redis cut short may have registered this name
 
     # ---- start, loop, stop ---------------------------------------------------------------------
 
@@ -207,6 +208,23 @@ class ThreadWorker(BaseWorker):
         self.redis_ok = True
         if with_scheduler:
             self._start_scheduler(burst, logging_level)
+
+    def register_birth(self) -> None:
+        """RQ's, but a retry after Redis died mid-start replaces the registration the cut-short
+        attempt may have made under this worker's own name (RQ would refuse it as another worker)."""
+        if self._birth_tried:
+            self.connection.delete(self.key)
+        self._birth_tried = True
+        super().register_birth()  # type: ignore[no-untyped-call]
+
+    def subscribe(self) -> None:
+        """RQ's; a retried start first closes the subscription a cut-short attempt opened."""
+        if self.pubsub_thread is not None:
+            self.pubsub_thread.stop()  # no UNSUBSCRIBE: Redis may be away; closing drops the channel
+            self.pubsub_thread.join(timeout=1)
+            self.pubsub.close()
+            self.pubsub_thread = None
+        super().subscribe()  # type: ignore[no-untyped-call]
 
     def _start_scheduler(self, burst: bool = False, logging_level: str | None = "INFO", *_: Any) -> None:
         """RQ's, with a scheduler process that logs its own death (see _Scheduler)."""

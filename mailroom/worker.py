@@ -17,9 +17,11 @@ health server's /readyz is false meanwhile, /healthz true) and exits on SIGTERM 
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from types import FrameType
 
 from redis.exceptions import RedisError
 from rq import Queue
@@ -81,25 +83,50 @@ def _queues(settings: Settings, names: Sequence[str]) -> list[Queue]:
 def _run_forking(
     settings: Settings, names: Sequence[str], burst: bool, level: str, current: WorkerRef
 ) -> int:
-    """RQ's forking Worker, restarted after a Redis outage it gave up on (it quits on some errors)."""
+    """RQ's forking Worker, restarted after a Redis outage it gave up on (it quits on some errors).
+
+    RQ installs its signal handlers only once its worker has started; until then, and during the
+    back-off between attempts, SIGTERM/SIGINT set ``stop`` here (and reach a worker being started),
+    so a signal while Redis is away is an exit 0, not death by the default action."""
     backoff = Backoff()
-    while True:
+    stop: list[int] = []  # the signal, once one came (a flag a handler can set without a lock)
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.append(signum)
+        worker = current.worker
+        if worker is not None:
+            worker._stop_requested = True  # RQ's loop checks it before each dequeue
+
+    def back_off(pause: float) -> None:
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+        deadline = time.monotonic() + pause
+        while not stop and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 0.2))
+
+    back_off(0)
+    while not stop:
+        current.worker = None
         try:
             worker = MailroomWorker(
                 _queues(settings, names), serializer=JSONSerializer, worker_ttl=WORKER_TTL
             )
             current.worker = worker
+            if stop:
+                break
             worker.work(burst=burst, with_scheduler=True, logging_level=level)
         except RedisError as exc:
             pause = backoff.next()
             log.warning("Redis unavailable (%s: %s), retrying in %.1f s", type(exc).__name__, exc, pause)
-            time.sleep(pause)
+            back_off(pause)
             continue
         if burst or worker._shutdown_requested_date is not None or worker._stop_requested:
             return 0
         pause = backoff.next()  # RQ's loop quit on an error it logged (a Redis timeout): start again
         log.warning("Worker %s: stopped on an error, restarting in %.1f s", worker.name, pause)
-        time.sleep(pause)
+        back_off(pause)
+    log.info("Worker: stop requested while Redis was unavailable, quitting")
+    return 0
 
 
 def _liveness(current: WorkerRef) -> Callable[[], float | None]:
