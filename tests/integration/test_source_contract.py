@@ -270,4 +270,5 @@ def test_status_says_connected_or_why_not(source: Harness) -> None:
         wait_for(lambda: watcher.status.last_error is not None, timeout=20)
         assert not watcher.status.connected
         turned = watcher.status.last_turn
-        wait_for(lambda: watcher.status.last_turn > turned, timeout=5)  # still turning: retrying
+        # still turning, retrying (Dovecot delays a refused login by 2 s, auth_failure_delay)
+        wait_for(lambda: watcher.status.last_turn > turned, timeout=20)
