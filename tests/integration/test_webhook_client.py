@@ -16,7 +16,7 @@ import pytest
 
 from mailroom.config import WebhookConfig
 from mailroom.schema import JobPayload
-from workers.errors import TransientHandlerError
+from workers.errors import PermanentHandlerError, TransientHandlerError
 from workers.handlers.webhook import JWT_HEADER, WebhookHandler
 from workers.incoming import IncomingEmail
 
@@ -132,3 +132,42 @@ def test_a_rotated_secret_takes_effect_within_a_second(server, tmp_path):
     time.sleep(1.1)
     handler(_email(2))
     jwt.decode(server.tokens[-1], new_secret, algorithms=["HS256"], issuer="gitlab-mailroom")
+
+
+class _Answer(BaseHTTPRequestHandler):
+    status = 500
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(self.status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("status", [500, 403, 302])
+def test_a_token_in_the_url_never_reaches_the_error_text(tmp_path, status):
+    """The error travels to logs, history, RQ's failed registry and Sentry: the URL is shown masked."""
+    answer = type("Answer", (_Answer,), {"status": status})
+    http = ThreadingHTTPServer(("127.0.0.1", 0), answer)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{http.server_port}/api/incoming?private_token=s3cret-token&x=1"
+        with pytest.raises((TransientHandlerError, PermanentHandlerError)) as raised:
+            _handler(tmp_path, url)(_email())
+    finally:
+        http.shutdown()
+        http.server_close()
+    assert "s3cret-token" not in str(raised.value)
+    assert f"127.0.0.1:{http.server_port}/api/incoming" in str(raised.value)
+
+
+def test_a_refused_connection_to_a_url_with_a_token_hides_it(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(TransientHandlerError) as raised:
+        _handler(tmp_path, f"http://127.0.0.1:{port}/incoming?token=s3cret-token")(_email())
+    assert "s3cret-token" not in str(raised.value)

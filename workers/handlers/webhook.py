@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import httpx
 import jwt
 
-from mailroom.config import WebhookConfig, read_secret_file
+from mailroom.config import WebhookConfig, mask_url, read_secret_file
 from workers.errors import PermanentHandlerError, TransientHandlerError
 from workers.incoming import IncomingEmail
 
@@ -116,17 +116,20 @@ class WebhookHandler:
 
     def __call__(self, email: IncomingEmail) -> int:
         url = self.config.url
+        # Error texts travel to logs, history, RQ's failed registry and Sentry: never a token in the URL.
+        shown = mask_url(url)
         try:
             response = self.client.post(url, content=email.raw, headers=self.headers())
         except httpx.TransportError as exc:  # connect, read, write and pool timeouts, refused, reset
-            raise TransientHandlerError(f"POST {url} failed: {type(exc).__name__}: {exc}") from exc
+            detail = str(exc).replace(url, shown)
+            raise TransientHandlerError(f"POST {shown} failed: {type(exc).__name__}: {detail}") from exc
         status = response.status_code
         if 200 <= status < 300:
             return status
         if 300 <= status < 400:
             # Never followed: a client that follows resends a POST as a bodiless GET, JWT and all, to
             # wherever it points, and a 2xx there would count as delivered.
-            raise PermanentHandlerError(f"POST {url} redirected ({status}): fix webhook.url")
+            raise PermanentHandlerError(f"POST {shown} redirected ({status}): fix webhook.url")
         if status >= 500 or status in _TRANSIENT_STATUSES:
-            raise TransientHandlerError(f"POST {url} answered {status}")
-        raise PermanentHandlerError(f"POST {url} answered {status}")
+            raise TransientHandlerError(f"POST {shown} answered {status}")
+        raise PermanentHandlerError(f"POST {shown} answered {status}")
