@@ -270,6 +270,9 @@ service lmtp {{
         """Add (or re-password) a user; a new user can log in at once, even while running."""
         self.users[username] = password
         if self._prepared:
+            # Again: another pytest session on this machine starting resets /tmp/pytest-of-<user> to 0700,
+            # and Dovecot's auth and mail processes could no longer reach this user's files.
+            _ensure_traversable(self.workdir)
             self._write_passwd(only=username)
         return self.account(username)
 

@@ -177,3 +177,20 @@ def test_imaps_listener(make_dovecot: Callable[..., Dovecot], tmp_path: Path) ->
         assert client.select_folder("INBOX")[b"EXISTS"] == 0
     finally:
         client.logout()
+
+
+def test_a_user_added_after_a_parent_lost_its_search_bit_can_log_in(
+    make_dovecot: Callable[..., Dovecot],
+) -> None:
+    """Another pytest session starting on the machine resets /tmp/pytest-of-<user> to 0700: Dovecot's auth
+    process could not stat the new user's passwd file ('Temporary authentication failure')."""
+    server = make_dovecot()
+    parent = server.workdir.parent
+    mode = parent.stat().st_mode
+    parent.chmod(0o700)  # what a concurrent session does to its pytest-of-<user> ancestor
+    try:
+        account = server.add_user("latecomer", "secret")
+        with IMAPClient(account.host, port=account.port, ssl=False, timeout=10) as client:
+            client.login(account.username, account.password)
+    finally:
+        parent.chmod(mode & 0o7777)
