@@ -286,18 +286,20 @@ class ThreadWorker(BaseWorker):
         self._recover_popped()
         self._enforce_timeouts()
         self._maintain_heartbeats()
-        capacity = 2 * self.concurrency  # running, plus as many started and waiting for a thread
+        # At most ``concurrency`` jobs registered as started and not yet settled (running, or
+        # finished and waiting for their acknowledgement): StartedJobRegistry and `rq info` show no
+        # job as executing that has no thread.
         with self._cond:
-            free = capacity - self._executing
+            free = self.concurrency - len(self._running)
             busy = bool(self._running)
         if busy and free < max(1, self.concurrency // 2):
             with self._cond:
-                # Take more when half the waiting jobs have gone to threads: one round trip then
-                # takes several jobs instead of one each, and no thread waits for it.
+                # Take more when half the threads are free: one round trip then takes several
+                # jobs instead of one each.
                 self._cond.wait(WAIT)
                 deadline = time.monotonic() + COALESCE
                 while (
-                    capacity - self._executing < max(1, self.concurrency // 2)
+                    self.concurrency - len(self._running) < max(1, self.concurrency // 2)
                     and (left := deadline - time.monotonic()) > 0
                 ):
                     self._cond.wait(left)

@@ -167,3 +167,28 @@ def test_stop_waits_for_running_jobs_and_puts_back_what_outlives_the_timeout(tmp
     assert q.get_job_ids()[0] == ids[1]  # the hung one is back at the front
     assert q.fetch_job(ids[1]).get_status() == JobStatus.QUEUED
     assert len(q) == 6
+
+
+def test_started_registry_never_holds_more_jobs_than_threads(tmp_path, redis_url):
+    """`rq info` shows as executing only jobs a thread runs: with concurrency 3, StartedJobRegistry
+    holds at most 3 jobs at any moment (it held 6 when the worker kept as many waiting, started)."""
+    settings = _settings(tmp_path, redis_url)
+    enqueue(settings, [f"sleep-0.3-{i}" for i in range(12)])
+    registry = StartedJobRegistry(queue=queue(redis_url))
+    counts: list[int] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            counts.append(registry.count)
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        worker(settings, concurrency=3).work(burst=True)
+    finally:
+        done.set()
+        sampler.join()
+    assert max(counts) == 3, counts  # the threads were all busy at some point, never more
+    assert len(handled(redis_url)) == 12
