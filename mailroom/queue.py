@@ -36,6 +36,8 @@ JOB_FUNCTION = "workers.jobs.handle_email"
 
 KEY_PREFIX = "mailroom:"
 GUARD_PREFIX = KEY_PREFIX + "guard:"
+# A counter each replicated enqueue bumps before WAIT (MailQueue.enqueue_batch says why)
+REPLICATION_BARRIER_KEY = KEY_PREFIX + "replication-barrier"
 
 # job.meta of a failed record for a message the server would not hand over (mailroom.poison): requeueing
 # it fetches the message again instead of running a handler on its header.
@@ -130,6 +132,11 @@ class MailQueue:
                 if history_ttl > 0:
                     history.trim_in_pipeline(pipe, history_ttl, self.settings.history_max_entries, now)
                 if acks:
+                    # WAIT counts replicas that have this connection's last write. A retry whose script
+                    # writes nothing (every guard exists) may come on another pooled connection that
+                    # never wrote, and WAIT would answer at once: one write first puts this connection
+                    # at the current offset, past the first attempt's jobs.
+                    pipe.incr(REPLICATION_BARRIER_KEY)
                     # In the same round trip: WAIT answers once `acks` replicas have every write of this
                     # connection so far (the script's included), or at the timeout with the count so far.
                     pipe.wait(acks, max(1, int(timeout * 1000)))

@@ -240,3 +240,33 @@ def test_unreachable_redis_is_not_refused_at_start(tmp_path: Path) -> None:
     with structlog.testing.capture_logs() as logs:
         assert refusal_at_start(connect(settings.redis_url), settings) is None
     assert [entry["event"] for entry in logs] == ["redis_settings_unknown"]
+
+
+def test_a_retry_on_another_connection_still_waits_for_the_replica(
+    make_redis: MakeRedis, tmp_path: Path
+) -> None:
+    """The retry of a short batch writes no job (the guards exist): it must still WAIT for the first
+    attempt's writes, even from a pooled connection that has never written anything. (Redis 7.0 moves a
+    connection's WAIT offset on every command, so there this holds even without the barrier write; the
+    barrier is for servers that move it only on propagated writes, where WAIT would answer at once.)"""
+    primary, replica = _replicated(make_redis)
+    acks = {"redis_replica_ack_timeout": 0.5, "redis_min_replica_acks": 1, "history_ttl": 0}
+    settings = load_settings(write_config(tmp_path / "c.yml", primary.url, **acks))
+    (mailbox,) = load_settings(
+        write_config(
+            tmp_path / "m.yml",
+            primary.url,
+            {"name": "support", "host": "h", "username": "u", "password": "p"},
+        )
+    ).mailboxes
+    replica.pause()
+    try:
+        with pytest.raises(EnqueueError):
+            MailQueue(connect(primary.url), settings).enqueue_batch(mailbox, [_payload(1)])
+        fresh = MailQueue(connect(primary.url), settings)  # a new client: a connection that never wrote
+        with pytest.raises(EnqueueError, match=r"only 0 of 1"):
+            fresh.enqueue_batch(mailbox, [_payload(1)])
+    finally:
+        replica.resume()
+    assert [r.new for r in fresh.enqueue_batch(mailbox, [_payload(1)])] == [False]
+    wait_for(lambda: replica.client().llen("rq:queue:incoming_email") == 1)
