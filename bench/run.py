@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import hostile, scenarios
+from bench import hostile, many, scenarios, soak
 from bench.drain import REPO
 from devstack import Dovecot, RedisServer
 
@@ -47,7 +47,13 @@ class Plan:
     webhook_delay: float = 0.02
     end_to_end: int = 10_000
     hostile_size: int = 2 * MIB
-    only: tuple[str, ...] = field(default=("drain", "idle", "big", "scaling", "workers", "e2e", "hostile"))
+    many_mailboxes: int = 500  # one round: connecting 500 mailboxes and an idle minute take a while
+    many_idle_seconds: float = 60.0
+    many_load_seconds: float = 30.0
+    soak_minutes: float = 3.0  # bench/soak.py alone runs an hour
+    only: tuple[str, ...] = field(
+        default=("drain", "idle", "big", "scaling", "workers", "e2e", "hostile", "many", "soak")
+    )
 
 
 FULL = Plan()
@@ -62,6 +68,10 @@ QUICK = Plan(
     rq_jobs=60,
     end_to_end=1_000,
     hostile_size=256 * 1024,
+    many_mailboxes=50,
+    many_idle_seconds=20.0,
+    many_load_seconds=10.0,
+    soak_minutes=1.0,
 )
 CONTENDERS = ("mailroom", "raw")
 
@@ -181,6 +191,15 @@ def run(plan: Plan, stack: scenarios.Stack, say: Callable[[str], None] = print) 
 
     if "hostile" in plan.only:  # no servers: parse times of hostile mail next to plain mail of its size
         out["hostile"] = {"rows": hostile.as_json(hostile.run(plan.hostile_size, plan.rounds, say))}
+
+    if "many" in plan.only:
+        say(f"many mailboxes: {plan.many_mailboxes} in one watcher")
+        result = many.many(stack, plan.many_mailboxes, plan.many_idle_seconds, plan.many_load_seconds)
+        out["many"] = {"runs": {"mailroom": [result]}}
+
+    if "soak" in plan.only:
+        say(f"soak: {plan.soak_minutes:g} minutes")
+        out["soak"] = {"runs": {"mailroom": [soak.soak(stack, plan.soak_minutes, say=say)]}}
     return out
 
 
@@ -242,6 +261,20 @@ def table(results: dict[str, Any], plan: Plan) -> str:
     for name, data in results.items():
         if name == "hostile":
             lines.extend(["", "6. " + hostile.table([hostile.Row.from_json(r) for r in data["rows"]])])
+            continue
+        if name == "many":
+            lines.extend(
+                [
+                    "",
+                    "7. Many mailboxes in one watcher (one run)",
+                    "  " + many.describe(data["runs"]["mailroom"][0]),
+                ]
+            )
+            continue
+        if name == "soak":
+            lines.extend(
+                ["", "8. Soak: watch + worker (one run)", "  " + soak.describe(data["runs"]["mailroom"][0])]
+            )
             continue
         s, ratios = data["summary"], data["ratios"]
         m, raw = s.get("mailroom"), s.get("raw")
@@ -328,7 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one round (about a minute)")
     parser.add_argument("--rounds", type=int, help="rounds per scenario (default 3, quick 1)")
-    parser.add_argument("--only", help="comma-separated: drain,idle,big,scaling,workers,e2e,hostile")
+    parser.add_argument(
+        "--only", help="comma-separated: drain,idle,big,scaling,workers,e2e,hostile,many,soak"
+    )
     parser.add_argument("--out", type=Path, help="JSON file (default bench/results/<UTC time>.json)")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL

@@ -28,6 +28,7 @@ from mailroom.queue import Enqueued, MailQueue
 from mailroom.redis_client import connect
 from mailroom.schema import JobPayload
 from mailroom.source import Sink, SourceMessage, Watcher
+from mailroom.stopping import StopEvent
 from mailroom.web import HealthServer
 
 AnyWatcher: TypeAlias = Watcher[Any]
@@ -234,7 +235,7 @@ def run_watch(settings: Settings) -> int:
     from mailroom import sentry
 
     sentry.init(settings, "watcher")
-    stop = threading.Event()
+    stop = StopEvent()  # watchers in IDLE wait on its descriptor, not in one-second slices
     _stop_on_signals(stop)
     watchers = start_watchers(settings, stop)
     server = serve_watcher_health(settings, watchers) if settings.http_port is not None else None

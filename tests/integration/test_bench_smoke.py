@@ -30,6 +30,7 @@ TINY = Plan(
     end_to_end=20,
     worker_processes=(1,),
     hostile_size=16 * 1024,
+    only=("drain", "idle", "big", "scaling", "workers", "e2e", "hostile"),
 )
 
 
@@ -71,3 +72,21 @@ def test_every_scenario_runs_and_counts_match() -> None:
     }
     assert "marked_per_s" in results["drain_60"]["ratios"]
     print(table(results, TINY))
+
+
+@pytest.mark.timeout(180)
+def test_many_mailboxes_and_soak_run_and_count_every_message() -> None:
+    plan = Plan(
+        many_mailboxes=3, many_idle_seconds=2, many_load_seconds=2, soak_minutes=0.2, only=("many", "soak")
+    )
+    with tempfile.TemporaryDirectory(prefix="mailroom-bench-smoke-") as tmp:
+        root = Path(tmp)
+        with RedisServer(root / "redis") as redis_server, Dovecot(root / "dovecot", users={}) as dovecot:
+            results: dict[str, Any] = run(plan, scenarios.Stack(dovecot, redis_server, root), lambda _: None)
+    many = results["many"]["runs"]["mailroom"][0]
+    assert many["mailboxes"] == 3 and many["threads"] >= 3
+    assert many["queued"] == many["appended"] == 20 and many["lost"] == 0
+    soak = results["soak"]["runs"]["mailroom"][0]
+    assert soak["sent"] == soak["handled"] == 24 and soak["lost"] == soak["twice"] == 0
+    assert "watch_slope_mb_h" in soak and "worker_slope_mb_h" in soak
+    print(table(results, plan))

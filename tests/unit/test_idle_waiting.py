@@ -121,3 +121,28 @@ def test_a_refused_done_raises():
     tag, _ = idling.begin(imap)  # type: ignore[arg-type]
     with pytest.raises(imaplib.IMAP4.error):
         idling.end(imap, tag)  # type: ignore[arg-type]
+
+
+def test_watch_hands_its_watchers_a_stop_they_can_wait_on(monkeypatch):
+    import signal
+
+    from mailroom import app
+    from mailroom.config import Settings
+
+    given: list[threading.Event] = []
+
+    class Started:
+        def join(self, timeout: float) -> bool:
+            return True
+
+    def start_watchers(settings, stop):
+        given.append(stop)
+        stop.set()  # as SIGTERM would
+        return Started()
+
+    monkeypatch.setattr(app, "start_watchers", start_watchers)
+    monkeypatch.setattr(signal, "signal", lambda *args: None)
+    mailbox = {"name": "m", "host": "imap.example.com", "username": "u", "password": "p"}
+    settings = Settings.model_validate({"redis_url": "redis://127.0.0.1:1/0", "mailboxes": [mailbox]})
+    assert app.run_watch(settings) == 0
+    assert wakeup_fd(given[0]) is not None  # a plain Event would send every IDLE back to 1 s slices
