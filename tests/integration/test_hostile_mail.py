@@ -216,3 +216,34 @@ def test_header_bombs_are_queued_and_their_bodies_read_within_the_job_timeout(
     records = sorted(handled(redis_url))
     assert [r.rsplit("|", 1)[0] for r in records] == ["a@x|addresses", "s@x|subject"]
     assert all(int(r.rsplit("|", 1)[1]) >= len("the text") for r in records)  # the body was read
+
+
+@pytest.mark.parametrize(
+    ("name", "to", "why"),
+    [
+        ("control", b"incoming+ab\x01cd@example.com", "control"),
+        ("non-ascii", "incoming+caf\u00e9@example.com".encode(), "ASCII"),
+        ("nul", b"incoming+ab\x00cd@example.com", "ASCII"),  # Dovecot holds the NUL as 0x80
+    ],
+)
+def test_a_reply_key_that_is_not_printable_ascii_never_reaches_the_handler(
+    imap_account, redis_url, tmp_path, monkeypatch, name, to, why
+):
+    """Through Dovecot (which stores a NUL as 0x80) and Redis: the key is refused with its reason, the
+    message is still queued whole, and the handler sees no key (a later header's good key still wins)."""
+    bad = b"To: " + to + b"\r\nMessage-ID: <bad@x>\r\nSubject: s\r\n\r\nbody\r\n"
+    fallback = b"To: " + to + b"\r\nCc: incoming+good-key@example.com\r\nMessage-ID: <ok@x>\r\n\r\nbody\r\n"
+    append_messages(*imap(imap_account), [bad, fallback])
+    settings = use_config(
+        monkeypatch,
+        write_config(tmp_path / "c.yml", redis_url, mailbox_config(imap_account, auto_replies="deliver")),
+    )
+    with watching(settings):
+        wait_for(lambda: count(*imap(imap_account)) == 0, timeout=60)
+    jobs = {job.args[0]["message_id"]: job.args[0] for job in queue(redis_url).jobs}
+    assert jobs["bad@x"]["key"] is None
+    assert "refused" in jobs["bad@x"]["parse_error"] and why in jobs["bad@x"]["parse_error"], name
+    assert base64.b64decode(jobs["bad@x"]["raw"]) == _server_bytes(imap_account)[1]
+    assert jobs["ok@x"]["key"] == "good-key"
+    drain(redis_url)  # the handler records message_id|key
+    assert sorted(handled(redis_url)) == ["bad@x|None", "ok@x|good-key"]
