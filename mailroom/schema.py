@@ -59,7 +59,8 @@ class JobPayload:
         parsed = parse_message(message.raw, template, recipients=False)
         parse_error = parsed.parse_error
         if message.truncated:
-            parse_error = f"message is {message.size} bytes, over max_message_size: only its header was kept"
+            cut = f"message is {message.size} bytes, over max_message_size: only its header was kept"
+            parse_error = f"{cut}; {parse_error}" if parse_error else cut  # the parser's reason stays
         received = message.received_at or datetime.now(UTC)
         if received.tzinfo is None:
             received = received.replace(tzinfo=UTC)

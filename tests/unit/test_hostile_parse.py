@@ -181,3 +181,13 @@ def test_mime_view_leaves_ordinary_mail_as_it_was(raw):
         return
     assert _body_with_mailparser(view) == whole
     assert _body_with_stdlib(view) == _body_with_stdlib(raw)
+
+
+def test_an_oversized_message_keeps_the_parsers_reason_beside_the_cut():
+    """The cut note used to replace parse_error, losing e.g. why the reply key was refused."""
+    header = b"To: incoming+ab\x01cd@example.com\r\nSubject: s\r\n\r\n"
+    message = SourceMessage(MailboxKind.IMAP, 1, header, 50_000_000, None, truncated=True, epoch=1)
+    payload = JobPayload.from_message("m", message, TEMPLATE)
+    assert payload.parse_error is not None
+    assert "over max_message_size" in payload.parse_error
+    assert "reply key in To refused" in payload.parse_error
