@@ -22,6 +22,7 @@ from mailroom.imap.session import ImapSession
 from mailroom.imap.watcher import WatchLimits, imap_watcher
 from mailroom.keys import AddressTemplate
 from mailroom.lease import Coordinator
+from mailroom.malloc import limit_arenas
 from mailroom.metrics import MailboxCollector, QueueCollector
 from mailroom.poison import FailureLedger
 from mailroom.queue import Enqueued, MailQueue
@@ -234,6 +235,7 @@ def run_watch(settings: Settings) -> int:
     ``http_port``, until SIGTERM or SIGINT. Returns the exit code: 0 when every watcher stopped in time."""
     from mailroom import sentry
 
+    limit_arenas()  # before any watcher thread allocates
     sentry.init(settings, "watcher")
     stop = StopEvent()  # watchers in IDLE wait on its descriptor, not in one-second slices
     _stop_on_signals(stop)

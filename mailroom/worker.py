@@ -31,6 +31,7 @@ from rq.worker import BaseWorker
 from mailroom import sentry
 from mailroom.config import Settings
 from mailroom.health import WorkerProbe
+from mailroom.malloc import limit_arenas
 from mailroom.metrics import QueueCollector
 from mailroom.queue import JOB_FUNCTION
 from mailroom.redis_client import connect
@@ -53,6 +54,7 @@ def run_worker(
     settings: Settings, queues: Sequence[str] = (), burst: bool = False, health_port: int | None = None
 ) -> int:
     """Run the worker until SIGTERM (or, with ``burst``, until the queues are empty); the exit code."""
+    limit_arenas()  # before the job threads allocate
     sentry.init(settings, "worker", with_rq=True)
     preload_jobs(JOB_FUNCTION, settings)
     names = list(queues) or settings.queues()

@@ -88,3 +88,27 @@ def test_without_a_wakeup_descriptor_the_wait_still_notices_a_stop(session):
     started = time.monotonic()
     assert session.idle(60.0, stop.is_set, 5.0) is False
     assert time.monotonic() - started < 3.0
+
+
+def test_renewals_leave_nothing_behind_on_the_connection(session, imap_account):
+    """imaplib keeps a dict entry per command tag and lists of untagged responses; IDLE renewals and
+    deliveries must not add to them for ever (a slow growth a long soak would show)."""
+    stop = StopEvent()
+    imap = session._client._imap
+    account = (imap_account.host, imap_account.port, imap_account.username, imap_account.password)
+
+    def held() -> tuple[int, int]:
+        return len(imap.tagged_commands), sum(len(v) for v in imap.untagged_responses.values())
+
+    sizes = []
+    for round_ in range(4):
+        for _ in range(30):
+            session.idle(0.001, stop.is_set, 5.0, stop.fileno())
+        append_messages(*account, [make_message(round_)])
+        uids = session.pending_uids()
+        for batch in session.fetch(uids, 10, 1 << 20, 1 << 20):
+            session.mark_done([m.ref for m in batch])
+        session.pending_uids()  # reads the last STORE's answer
+        sizes.append(held())
+    assert sizes[-1] == sizes[0], (sizes, imap.untagged_responses)
+    assert sizes[-1][0] == 0
