@@ -39,10 +39,12 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from multiprocessing.process import BaseProcess
 from types import FrameType, TracebackType
 from typing import Any
 
+from redis.client import Pipeline
 from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 from rq import Queue
@@ -437,11 +439,9 @@ class ThreadWorker(BaseWorker):
         """Register the batch as started (one transaction), then hand it to the threads."""
         tasks = []
         with self.connection.pipeline() as pipe:
-            started = now()
             for job, queue in jobs:
                 ttl = self.get_heartbeat_ttl(job)
                 execution = Execution.create(job, ttl, pipeline=pipe, worker_name=self.name)
-                job.heartbeat(started, ttl, pipeline=pipe)
                 job.prepare_for_execution(self.name, pipeline=pipe)
                 pipe.persist(job.key)
                 pipe.lrem(queue.intermediate_queue_key, 1, job.id)
@@ -625,25 +625,25 @@ class ThreadWorker(BaseWorker):
                 return
 
     def _acknowledge(self, batch: list[Running]) -> None:
-        """RQ's handle_job_success for many jobs in one transaction (jobs with dependents: RQ's own)."""
-        with self.connection.pipeline(transaction=False) as pipe:
+        """RQ's handle_job_success for many jobs in one transaction, one round trip for the batch.
+
+        The worker's counters are incremented once for the batch; a job hash gets only the fields
+        that changed since _start_jobs wrote it (job.save() would serialize and send the whole job
+        again, message included). Whether a job has dependents is read inside the same transaction,
+        so none can be added unseen between the check and the finished status; those that have
+        some are enqueued by RQ's own enqueue_dependents right after."""
+        working = timedelta(0)
+        with self.connection.pipeline() as pipe:
             for task in batch:
                 pipe.exists(task.job.dependents_key)
-            has_dependents = pipe.execute()
-        plain = [task for task, dependents in zip(batch, has_dependents, strict=True) if not dependents]
-        with self.connection.pipeline() as pipe:
-            for task in plain:
+            for task in batch:
                 job = task.job
                 assert job.started_at is not None and job.ended_at is not None
-                self.increment_successful_job_count(pipeline=pipe)
-                self.increment_total_working_time(job.ended_at - job.started_at, pipe)
+                working += job.ended_at - job.started_at
                 result_ttl = job.get_result_ttl(self.default_result_ttl)
                 if result_ttl != 0:
-                    # RQ's job._handle_success, but the job hash gets only the fields that changed
-                    # since _start_jobs wrote it: job.save() would serialize and send the whole job
-                    # again, message included (a fifth of the worker's time).
-                    job.set_status(JobStatus.FINISHED, pipeline=pipe)
                     changed: dict[FieldT, EncodableT] = {
+                        "status": JobStatus.FINISHED.value,
                         "started_at": utcformat(job.started_at),
                         "ended_at": utcformat(job.ended_at),
                     }
@@ -662,18 +662,23 @@ class ThreadWorker(BaseWorker):
                         execution_ended_at=job.ended_at,
                     )
                     job.finished_job_registry.add(job, result_ttl, pipe)
-                job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
+                _cleanup(job, result_ttl, pipe)
                 job._status = JobStatus.FINISHED
                 self.cleanup_execution(job, pipeline=pipe, execution=task.execution)
                 history.set_status(pipe, job.id, _handled(job))
+            pipe.hincrby(self.key, "successful_job_count", len(batch))
+            pipe.hincrbyfloat(self.key, "total_working_time", working.total_seconds())
             with self._cond:
                 idle = len(self._running) == len(batch)
             if idle:
                 self.set_state(WorkerStatus.IDLE, pipeline=pipe)
-            pipe.execute()
-        for task in batch:
-            if task not in plain:
-                self.handle_job_success(task.job, task.queue, task.queue.started_job_registry, task.execution)
+            replies = pipe.execute()
+        for task, dependents in zip(batch, replies[: len(batch)], strict=True):
+            if dependents:
+                task.queue.enqueue_dependents(task.job)
+                ttl = task.job.get_result_ttl(self.default_result_ttl)
+                if ttl and ttl > 0:
+                    self.connection.expire(task.job.dependents_key, ttl)
             self._observe(task, "succeeded")
             self._forget(task)
 
@@ -762,6 +767,18 @@ def _run_scheduler(scheduler: RQScheduler) -> None:
         rq_scheduler.run(scheduler)  # type: ignore[no-untyped-call]
     except Exception:  # noqa: BLE001 - already logged by rq.scheduler.run
         sys.exit(1)
+
+
+def _cleanup(job: Job, result_ttl: int | None, pipe: Pipeline) -> None:
+    """RQ's job.cleanup(remove_from_queue=False), without an EXPIRE of keys the job cannot have: its
+    dependencies key exists only if it has dependencies (its dependents key is expired after
+    enqueue_dependents, when it has some)."""
+    if result_ttl == 0:
+        job.delete(pipeline=pipe, remove_from_queue=False)
+    elif result_ttl is not None and result_ttl > 0:
+        pipe.expire(job.key, result_ttl)
+        if job._dependency_ids:
+            pipe.expire(job.dependencies_key, result_ttl)
 
 
 def _needs_rq_path(job: Job) -> bool:

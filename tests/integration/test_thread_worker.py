@@ -192,3 +192,17 @@ def test_started_registry_never_holds_more_jobs_than_threads(tmp_path, redis_url
         sampler.join()
     assert max(counts) == 3, counts  # the threads were all busy at some point, never more
     assert len(handled(redis_url)) == 12
+
+
+def test_a_dependent_job_runs_once_its_parent_is_acknowledged_in_a_batch(tmp_path, redis_url):
+    """The batched acknowledgement reads a job's dependents in its own transaction and hands them to
+    RQ's enqueue_dependents: the dependent runs, both end finished, none is left deferred."""
+    settings = _settings(tmp_path, redis_url)
+    q = queue(redis_url)
+    parent = q.enqueue("builtins.len", [1])
+    child = q.enqueue("builtins.len", [1, 2], depends_on=parent)
+    assert child.get_status() == JobStatus.DEFERRED
+    worker(settings).work(burst=True)
+    assert parent.get_status() == JobStatus.FINISHED and parent.return_value() == 1
+    assert child.get_status() == JobStatus.FINISHED and child.return_value() == 2
+    assert q.deferred_job_registry.get_job_ids() == []
