@@ -144,7 +144,11 @@ class ThreadWorker(BaseWorker):
         self.shutdown_timeout = shutdown_timeout
         self.last_turn = time.monotonic()  # liveness: the main loop turned (also while Redis is away)
         self.redis_ok = False  # readiness
-        self._cond = threading.Condition()
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)
+        # Job threads wait on their own condition (same lock): waking all of them each time a job
+        # settles cost more than the jobs (a herd of threads contending for the lock and the GIL).
+        self._ready = threading.Condition(lock)
         self._closing = threading.Event()
         self._blocking = False  # the main thread waits on Redis for a job with nothing running
         self._tasks: list[Running] = []  # handed to threads, under _cond
@@ -200,6 +204,7 @@ class ThreadWorker(BaseWorker):
             self._closing.set()
             with self._cond:
                 self._cond.notify_all()
+                self._ready.notify_all()
             acks.join(timeout=5)
             self._until_redis_answers(self.teardown, give_up=5.0)
         return True
@@ -459,7 +464,7 @@ class ThreadWorker(BaseWorker):
                 self._popped.pop(task.job.id, None)
             self._executing += len(tasks)
             self._tasks.extend(tasks)
-            self._cond.notify_all()
+            self._ready.notify(len(tasks))
 
     def _put_back_popped(self) -> None:
         """Ids this worker popped but could not register (Redis went away): back to their queues."""
@@ -516,7 +521,7 @@ class ThreadWorker(BaseWorker):
             with self._cond:
                 # After a stop request no job begins: the waiting ones go back to their queue.
                 while not self._closing.is_set() and (self._stop_requested or not self._tasks):
-                    self._cond.wait(0.2 if self._stop_requested else None)
+                    self._ready.wait(0.2 if self._stop_requested else 0.5)
                 if self._closing.is_set() or self._stop_requested:
                     return
                 task = self._tasks.pop(0)
