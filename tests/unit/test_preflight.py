@@ -6,6 +6,8 @@ And printed config masks every secret: userinfo, ?password= query parameters, Se
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -105,13 +107,23 @@ def test_an_empty_secret_file_is_refused(tmp_path: Path, content: str) -> None:
     assert errors == [f"config error: mailboxes.0.password_file: {password} is empty"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
 def test_an_unreadable_secret_file_is_refused(tmp_path: Path) -> None:
     secret = tmp_path / "webhook-secret"
     secret.write_text(WEBHOOK_SECRET)
     secret.chmod(0)
-    code, errors, _ = _run(tmp_path, {"mailboxes": [_mailbox(tmp_path)]})
-    assert code == 2
+    config = tmp_path / "mailroom.yml"
+    config.write_text(yaml.safe_dump({"mailboxes": [_mailbox(tmp_path)]}))
+    command = [sys.executable, "-m", "mailroom", "--config", str(config), "check-config"]
+    if os.geteuid() == 0:
+        # Root reads any file through CAP_DAC_OVERRIDE: drop it (and DAC_READ_SEARCH), as a pod's
+        # non-root user has neither, so the file's mode 0 applies.
+        setpriv = shutil.which("setpriv")
+        assert setpriv, "setpriv (util-linux) is needed to run this test as root"
+        caps = "-dac_override,-dac_read_search"
+        command = [setpriv, f"--inh-caps={caps}", f"--bounding-set={caps}", *command]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("config error:")]
+    assert result.returncode == 2, result.stdout + result.stderr
     assert errors == [
         f"config error: mailboxes.0.webhook.secret_file: {secret} cannot be read: Permission denied"
     ]
