@@ -137,3 +137,17 @@ def test_relative_links_resolve() -> None:
             if not re.match(r"[a-z]+:", target) and not (page.parent / target).exists():
                 broken.append(f"{page.relative_to(ROOT)}: {target}")
     assert broken == []
+
+
+def test_tests_the_pages_cite_exist() -> None:
+    """A guarantee that names its test names one that exists (file, and the function after ``::``)."""
+    missing = []
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        for path, name in re.findall(r"`(tests/[\w/]+\.py)(?:::(\w+))?", text):
+            source = ROOT / path
+            if not source.is_file():
+                missing.append(f"{page.relative_to(ROOT)}: {path}")
+            elif name and not re.search(rf"^(?:async )?def {name}\b", source.read_text(), re.MULTILINE):
+                missing.append(f"{page.relative_to(ROOT)}: {path}::{name}")
+    assert missing == []
