@@ -15,7 +15,10 @@ data model and semantics and changes only how the work is scheduled:
   failures, ``Retry`` results, callbacks, repeats, rate limits and dependents take RQ's own path;
 - ``job_timeout`` is enforced by the main thread: a job past it is failed (and retried per its
   policy) at once, its thread is given a JobTimeoutException and left behind, and a new thread takes
-  its place, so a hung handler never holds up the others;
+  its place, so a hung handler never holds up the others. A handler blocked outside Python (a C call
+  without a timeout) cannot be interrupted: once ``concurrency`` such threads are stuck, the worker
+  stops as on SIGTERM and ``stuck`` says why (``mailroom worker`` exits 1, so its supervisor starts a
+  fresh process instead of threads piling up);
 - SIGTERM: no new jobs; running ones get ``shutdown_timeout`` seconds to finish, then are put back at
   the front of their queue (at-least-once: they run again elsewhere). A second signal does that at once;
 - Redis unreachable, at start or later: the worker backs off with jitter and carries on when Redis is
@@ -156,6 +159,7 @@ class ThreadWorker(BaseWorker):
         self._executing = 0  # tasks in threads, under _cond
         self._done: list[Running] = []  # successes waiting for their acknowledgement, under _cond
         self._retired: set[int] = set()  # thread idents left behind with a timed-out job
+        self.stuck = False  # stopped because too many threads hang past their job's timeout
         self._local = threading.local()
         self._threads: list[threading.Thread] = []
         self._cold = False
@@ -292,6 +296,7 @@ class ThreadWorker(BaseWorker):
             self.run_maintenance_tasks()  # type: ignore[no-untyped-call]
         self._recover_popped()
         self._enforce_timeouts()
+        self._stop_if_stuck()
         self._maintain_heartbeats()
         # At most ``concurrency`` jobs registered as started and not yet settled (running, or
         # finished and waiting for their acknowledgement): StartedJobRegistry and `rq info` show no
@@ -728,6 +733,23 @@ class ThreadWorker(BaseWorker):
             self.handle_job_failure(task.job, task.queue, exc_string=exc_string, execution=task.execution)
             self._observe(task, _outcome(task.job))
             self._forget(task)
+
+    def _stop_if_stuck(self) -> None:
+        """Threads left behind by timed-out jobs normally end when their JobTimeoutException lands; one
+        blocked in C never does. As many of those as there are slots: stop, and let a new process come."""
+        if self.stuck or not self._retired:
+            return
+        stuck = sum(1 for t in self._threads if t.ident in self._retired and t.is_alive())
+        if stuck >= self.concurrency:
+            self.stuck = True
+            log.error(
+                "Worker %s: %d job threads still run handlers past their job_timeout; stopping so a new"
+                " process can take over",
+                self.name,
+                stuck,
+            )
+            self._shutdown_requested_date = now()
+            self._stop_requested = True
 
     def _maintain_heartbeats(self) -> None:
         if time.monotonic() - self._last_heartbeats < self.job_monitoring_interval:

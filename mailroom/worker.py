@@ -73,7 +73,7 @@ def run_worker(
         )
         current.worker = worker
         worker.work(burst=burst, logging_level=level, with_scheduler=True)
-        return 0
+        return 1 if worker.stuck else 0  # stuck handler threads: a new process is the only cure
     return _run_forking(settings, names, burst, level, current)
 
 

@@ -206,3 +206,18 @@ def test_a_dependent_job_runs_once_its_parent_is_acknowledged_in_a_batch(tmp_pat
     assert parent.get_status() == JobStatus.FINISHED and parent.return_value() == 1
     assert child.get_status() == JobStatus.FINISHED and child.return_value() == 2
     assert q.deferred_job_registry.get_job_ids() == []
+
+
+@pytest.mark.timeout(60)
+def test_handlers_stuck_past_their_timeout_in_every_slot_stop_the_worker(tmp_path, redis_url):
+    """time.sleep(3600) in C never receives the JobTimeoutException: each such job leaves a thread
+    behind. Once every slot's worth is stuck the worker stops (not a burst run: without the stop this
+    waits for work for ever and the test times out), so its supervisor can start a fresh process."""
+    settings = _settings(tmp_path, redis_url, job_timeout=1)
+    ids = enqueue(settings, ["hang-1", "hang-2"] + [f"sleep-0.1-{i}" for i in range(4)])
+    w = worker(settings, concurrency=2)
+    w.work(burst=False)
+    assert w.stuck
+    q = queue(redis_url)
+    assert set(ids[:2]) <= set(FailedJobRegistry(queue=q).get_job_ids())
+    assert StartedJobRegistry(queue=q).get_job_ids() == []
