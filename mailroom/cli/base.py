@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import structlog
 from redis.exceptions import RedisError
 
 from mailroom import logs, preflight
@@ -34,12 +35,15 @@ def load_or_exit(ctx: click.Context, service: bool = False, *, start: bool = Fal
     stops here instead.
     """
     obj = ctx.find_root().obj
+    warnings: list[str] = []  # logged once the log format is known: a JSON log stays all JSON
     try:
-        settings = load_settings(obj["config"])
+        settings = load_settings(obj["config"], warn=warnings.append)
         problems = preflight.problems(settings) if start else []
     except ConfigError as exc:
         problems = exc.problems
     if problems:
+        for line in warnings:
+            click.echo(line, err=True)
         for problem in problems:
             click.echo(f"config error: {problem}", err=True)
         if ctx.params.get("as_json"):  # a script reading stdout gets one JSON document, errors too
@@ -48,6 +52,10 @@ def load_or_exit(ctx: click.Context, service: bool = False, *, start: bool = Fal
     logs.configure(
         obj["log_format"] or settings.log_format, settings.log_level, None if service else sys.stderr
     )
+    for line in warnings:
+        structlog.get_logger("mailroom.config").warning(
+            "config_warning", detail=line.removeprefix("config warning: ")
+        )
     return settings
 
 

@@ -6,6 +6,10 @@ naming a field with a bad value is still an error naming it; a misspelt field wa
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -171,3 +175,19 @@ def test_the_pure_source_reports_overrides_by_path() -> None:
     assert override.path == ("mailboxes", "1", "folder")
     assert env.source_of(("mailboxes", 1, "folder")) == "MAILROOM_MAILBOXES__1__FOLDER"
     assert env.source_of(("mailboxes", 0, "folder")) is None
+
+
+def test_a_cli_command_in_json_mode_logs_the_warning_as_json(tmp_path: Path) -> None:
+    """A pod's log stays all JSON: the warning waits until the log format is known."""
+    config = _config(tmp_path)
+    config.write_text(config.read_text() + "log_format: json\n")
+    env = {**os.environ, "MAILROOM_REDIS_ULR": "redis://x", "MAILROOM_CONFIG": str(config)}
+    result = subprocess.run(
+        [sys.executable, "-m", "mailroom", "check-config"],
+        capture_output=True, text=True, timeout=60, env=env, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    events = [json.loads(line) for line in lines]  # every line is JSON
+    (warning,) = [e for e in events if e["event"] == "config_warning"]
+    assert "did you mean MAILROOM_REDIS_URL?" in warning["detail"]
