@@ -23,13 +23,14 @@ from typing import Any
 
 import redis
 from redis.client import Pipeline
+from redis.commands.core import Script
 
 from mailroom.schema import JobPayload
 
 INDEX_KEY = "mailroom:history"
 RECORD_PREFIX = "mailroom:history:"
 _TRIM_BATCH = 1000  # entries removed per write at most: trimming stays cheap inside the enqueue
-_TRAIL_MAX = 512  # bytes of status trail kept per message
+TRAIL_MAX = 512  # bytes of status trail kept per message
 
 
 class Status(StrEnum):
@@ -62,16 +63,25 @@ end
 return removed
 """
 
-# KEYS[1] record; ARGV: status, ISO time, error (may be empty), max trail bytes.
-_SET_STATUS = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local trail = redis.call('HGET', KEYS[1], 'trail') or ''
-trail = trail .. ' ' .. ARGV[1] .. '@' .. ARGV[2]
-if string.len(trail) > tonumber(ARGV[4]) then trail = string.sub(trail, -tonumber(ARGV[4])) end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_at', ARGV[2], 'trail', trail)
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[3]) end
-return 1
+# A Lua function (the worker's acknowledgement script calls it too): a status change in the record at
+# ``key``, never recreating one that expired. 1 if the record exists.
+SET_STATUS_FUNCTION = """
+local function set_status(key, status, at, err, max_trail)
+  if redis.call('EXISTS', key) == 0 then return 0 end
+  local trail = redis.call('HGET', key, 'trail') or ''
+  trail = trail .. ' ' .. status .. '@' .. at
+  if string.len(trail) > tonumber(max_trail) then trail = string.sub(trail, -tonumber(max_trail)) end
+  redis.call('HSET', key, 'status', status, 'updated_at', at, 'trail', trail)
+  if err ~= '' then redis.call('HSET', key, 'error', err) end
+  return 1
+end
 """
+# KEYS[1] record; ARGV: status, ISO time, error (may be empty), max trail bytes. Sent by SHA (EVALSHA),
+# the text only when Redis does not know it yet; bytes, so no client is needed to hash it.
+_SET_STATUS = Script(
+    None,  # type: ignore[arg-type]
+    (SET_STATUS_FUNCTION + "return set_status(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])").encode(),
+)
 
 
 @dataclass(frozen=True)
@@ -106,7 +116,7 @@ class Entry:
         }
 
 
-def _now_iso() -> str:
+def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
@@ -166,9 +176,8 @@ def trim_in_pipeline(pipe: Pipeline, ttl: int, max_entries: int, now: float) -> 
 def set_status(connection: redis.Redis, job_id: str, status: Status, error: str | None = None) -> bool:
     """Record a status change; False when the message has no (or an expired) record."""
     one_line = " ".join((error or "").split())[:300]
-    done = connection.eval(
-        _SET_STATUS, 1, RECORD_PREFIX + job_id, status.value, _now_iso(), one_line, _TRAIL_MAX
-    )
+    keys = [RECORD_PREFIX + job_id]
+    done = _SET_STATUS(keys, [status.value, now_iso(), one_line, TRAIL_MAX], client=connection)
     return bool(done)
 
 

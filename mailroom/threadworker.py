@@ -4,15 +4,16 @@ RQ's ``Worker`` forks a work horse per job and runs one job at a time; ``SimpleW
 but still runs one job at a time and spends about ten Redis round trips on each. This worker keeps RQ's
 data model and semantics and changes only how the work is scheduled:
 
-- the main thread takes up to ``concurrency - running`` job ids in one round trip (LMOVE to the queue's
-  intermediate list, as RQ does; a blocking BLMOVE only when nothing is queued), fetches their hashes
-  in one, and registers the whole batch as started in one transaction: each job gets RQ's Execution,
-  its StartedJobRegistry entry and ``started`` status, exactly what RQ writes for one job;
+- the main thread takes up to ``concurrency - running`` jobs and registers them as started in one
+  round trip (mailroom.jobscripts' start script: each job gets RQ's Execution, its StartedJobRegistry
+  entry and ``started`` status, exactly what RQ writes for one job; a blocking BLMOVE to the queue's
+  intermediate list, as RQ's, only when nothing is queued);
 - ``concurrency`` threads run the jobs through RQ's own ``perform_job`` (so Sentry's RQ integration,
   exception handlers, failure handling and retries are RQ's);
-- an acknowledging thread writes the successes of all jobs that finished meanwhile in one transaction
+- an acknowledging thread writes the successes of all jobs that finished meanwhile in one script call
   (finished status, Result, FinishedJobRegistry, execution cleanup, worker counters, history);
-  failures, ``Retry`` results, callbacks, repeats, rate limits and dependents take RQ's own path;
+  failures, ``Retry`` results, callbacks, repeats, rate limits, dependents and ``result_ttl`` 0 take
+  RQ's own path;
 - ``job_timeout`` is enforced by the main thread: a job past it is failed (and retried per its
   policy) at once, its thread is given a JobTimeoutException and left behind, and a new thread takes
   its place, so a hung handler never holds up the others. A handler blocked outside Python (a C call
@@ -42,26 +43,23 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from multiprocessing.process import BaseProcess
 from types import FrameType, TracebackType
 from typing import Any
+from uuid import uuid4
 
-from redis.client import Pipeline
 from redis.exceptions import RedisError
-from redis.typing import EncodableT, FieldT
 from rq import Queue
 from rq import scheduler as rq_scheduler
 from rq.exceptions import StopRequested
 from rq.executions import Execution
 from rq.job import UNEVALUATED, Job, JobStatus, Retry
-from rq.results import Result
 from rq.scheduler import ForkProcess, RQScheduler
 from rq.timeouts import BaseDeathPenalty, JobTimeoutException
-from rq.utils import now, utcformat
+from rq.utils import current_timestamp, now, utcformat
 from rq.worker import BaseWorker, WorkerStatus
 
-from mailroom import history, metrics
+from mailroom import history, jobscripts, metrics
 from mailroom.rqworker import record_history
 
 log = logging.getLogger("rq.worker")
@@ -169,7 +167,10 @@ class ThreadWorker(BaseWorker):
         self._suspects: dict[str, set[str]] = {}
         self._backoff = Backoff()
         self._last_heartbeats = time.monotonic()
-        self._take = self.connection.register_script(_TAKE)
+        self._scripts = jobscripts.Scripts(self.connection)
+        self._keys = jobscripts.WorkerKeys(
+            self.name, self.key, self.job_monitoring_interval, self.worker_ttl + 60
+        )
         self._birth_tried = False  # a start attempt Redis cut short may have registered this name
 
     # ---- start, loop, stop ---------------------------------------------------------------------
@@ -388,47 +389,51 @@ class ThreadWorker(BaseWorker):
 
     # ---- taking jobs -----------------------------------------------------------------------------
 
-    def _dequeue(self, n: int, block: int | None) -> list[tuple[Job, Queue]]:
-        """Up to ``n`` jobs, ids moved to their queue's intermediate list and hashes read in one round
-        trip (a script: LMOVE and HGETALL, as RQ's dequeue and Job.fetch). ``block``: seconds to wait
-        for one when none is queued (None: don't)."""
-        found: list[tuple[Job, Queue]] = []
+    def _dequeue(self, n: int, block: int | None) -> list[Running]:
+        """Up to ``n`` jobs, taken and registered as started in one round trip a queue (the start
+        script). ``block``: seconds to wait for one when none is queued (None: don't); that one is
+        moved to the queue's intermediate list by BLMOVE, as RQ does, then registered."""
+        found: list[Running] = []
         for queue in self._ordered_queues:  # in order: a later queue only gets what is left
             want = n - len(found)
             if want <= 0:
                 break
-            reply = self._take(
-                keys=[queue.key, queue.intermediate_queue_key], args=[want, Job.redis_job_namespace_prefix]
-            )
-            for i in range(0, len(reply), 2):
-                self._popped[_text(reply[i])] = queue
-                job = self._restore(_text(reply[i]), reply[i + 1], queue)
-                if job is not None:
-                    found.append((job, queue))
+            found += self._take(queue, want)
         if not found and block is not None and not self._stop_requested:
             for job_id, queue in self._block_for_one(block):
                 self._popped[job_id] = queue
-                (fetched,) = Job.fetch_many([job_id], self.connection, self.serializer)
-                job = fetched if fetched is not None else None
-                if job is None:
-                    self._drop_missing(job_id, queue)
-                else:
-                    found.append((job, queue))
-        for job, _ in found:
-            job.redis_server_version = self.get_redis_server_version()  # type: ignore[no-untyped-call]
+                found += self._take(queue, 1, [job_id])
+                self._popped.pop(job_id, None)
         return found
 
-    def _restore(self, job_id: str, flat: list[bytes], queue: Queue) -> Job | None:
-        if not flat:  # deleted meanwhile: RQ skips it too
-            self._drop_missing(job_id, queue)
-            return None
-        job = Job(job_id, connection=self.connection, serializer=self.serializer)
-        job.restore(dict(zip(flat[::2], flat[1::2], strict=True)))
-        return job
-
-    def _drop_missing(self, job_id: str, queue: Queue) -> None:
-        self.connection.lrem(queue.intermediate_queue_key, 1, job_id)
-        self._popped.pop(job_id, None)
+    def _take(self, queue: Queue, want: int, job_ids: list[str] | None = None) -> list[Running]:
+        """Take ``want`` jobs from ``queue`` (or ``job_ids`` from its intermediate list) and register
+        them as started; the Job and Execution objects RQ would hold for them."""
+        moment = now()
+        started = self._scripts.start(
+            queue.key if job_ids is None else queue.intermediate_queue_key,
+            queue.started_job_registry.key,
+            self._keys,
+            moment,
+            [uuid4().hex for _ in range(want)],
+            job_ids,
+        )
+        self.last_heartbeat = moment
+        tasks = []
+        version = self.get_redis_server_version()  # type: ignore[no-untyped-call]
+        for job_id, execution_id, fields in started:
+            job = Job(job_id, connection=self.connection, serializer=self.serializer)
+            job.restore(fields)
+            job.redis_server_version = version
+            job.worker_name = self.name
+            job.last_heartbeat = job.started_at = moment
+            job._status = JobStatus.STARTED
+            execution = Execution(execution_id, job_id, self.connection, worker_name=self.name)
+            execution.created_at = execution.last_heartbeat = moment
+            execution._job = job
+            timeout = job.timeout or self.queue_class.DEFAULT_TIMEOUT
+            tasks.append(Running(job, queue, execution, timeout if timeout and timeout > 0 else float("inf")))
+        return tasks
 
     def _block_for_one(self, timeout: int) -> list[tuple[str, Queue]]:
         queues = self._ordered_queues
@@ -445,28 +450,12 @@ class ThreadWorker(BaseWorker):
         self.connection.rpush(queue.intermediate_queue_key, job_id)
         return [(job_id, queue)]
 
-    def _start_jobs(self, jobs: list[tuple[Job, Queue]]) -> None:
-        """Register the batch as started (one transaction), then hand it to the threads."""
-        tasks = []
-        with self.connection.pipeline() as pipe:
-            for job, queue in jobs:
-                ttl = self.get_heartbeat_ttl(job)
-                execution = Execution.create(job, ttl, pipeline=pipe, worker_name=self.name)
-                job.prepare_for_execution(self.name, pipeline=pipe)
-                pipe.persist(job.key)
-                pipe.lrem(queue.intermediate_queue_key, 1, job.id)
-                timeout = job.timeout or self.queue_class.DEFAULT_TIMEOUT
-                tasks.append(
-                    Running(job, queue, execution, timeout if timeout and timeout > 0 else float("inf"))
-                )
-            self.heartbeat(pipeline=pipe)
-            self.set_state(WorkerStatus.BUSY, pipeline=pipe)
-            pipe.execute()
+    def _start_jobs(self, tasks: list[Running]) -> None:
+        """Hand a batch registered as started to the threads."""
         with self._cond:
             for task in tasks:
                 self.executions[task.execution.id] = task.execution
                 self._running[task.job.id] = task
-                self._popped.pop(task.job.id, None)
             self._executing += len(tasks)
             self._tasks.extend(tasks)
             self._ready.notify(len(tasks))
@@ -555,7 +544,7 @@ class ThreadWorker(BaseWorker):
         task: Running = self._local.task
         if not task.claim():
             return  # timed out and failed meanwhile: the late result is dropped
-        if isinstance(return_value, Retry) or _needs_rq_path(job):
+        if isinstance(return_value, Retry) or _needs_rq_path(job, self.default_result_ttl):
             self._settle_with_rq(
                 task, lambda: super(ThreadWorker, self)._finalize_success(job, queue, execution, return_value)
             )
@@ -635,62 +624,52 @@ class ThreadWorker(BaseWorker):
                 return
 
     def _acknowledge(self, batch: list[Running]) -> None:
-        """RQ's handle_job_success for many jobs in one transaction, one round trip for the batch.
+        """RQ's handle_job_success for many jobs in one script call (see mailroom.jobscripts).
 
-        The worker's counters are incremented once for the batch; a job hash gets only the fields
-        that changed since _start_jobs wrote it (job.save() would serialize and send the whole job
-        again, message included). Whether a job has dependents is read inside the same transaction,
-        so none can be added unseen between the check and the finished status; those that have
-        some are enqueued by RQ's own enqueue_dependents right after."""
-        working = timedelta(0)
-        with self.connection.pipeline() as pipe:
-            for task in batch:
-                pipe.exists(task.job.dependents_key)
-            for task in batch:
-                job = task.job
-                assert job.started_at is not None and job.ended_at is not None
-                working += job.ended_at - job.started_at
-                result_ttl = job.get_result_ttl(self.default_result_ttl)
-                if result_ttl != 0:
-                    changed: dict[FieldT, EncodableT] = {
-                        "status": JobStatus.FINISHED.value,
-                        "started_at": utcformat(job.started_at),
-                        "ended_at": utcformat(job.ended_at),
-                    }
-                    if job._data is UNEVALUATED:  # the job replaced its arguments (workers.jobs drops
-                        changed["data"] = zlib.compress(job.data)  # a handled message's bytes) as RQ saves
-                    pipe.hset(job.key, mapping=changed)
-                    Result.create(
-                        job,
-                        Result.Type.SUCCESSFUL,
-                        return_value=job._result,
-                        ttl=result_ttl,
-                        worker_name=self.name,
-                        pipeline=pipe,
-                        execution_id=task.execution.id,
-                        execution_started_at=task.execution.created_at,
-                        execution_ended_at=job.ended_at,
-                    )
-                    job.finished_job_registry.add(job, result_ttl, pipe)
-                _cleanup(job, result_ttl, pipe)
-                job._status = JobStatus.FINISHED
-                self.cleanup_execution(job, pipeline=pipe, execution=task.execution)
-                history.set_status(pipe, job.id, _handled(job))
-            pipe.hincrby(self.key, "successful_job_count", len(batch))
-            pipe.hincrbyfloat(self.key, "total_working_time", working.total_seconds())
-            with self._cond:
-                idle = len(self._running) == len(batch)
-            if idle:
-                self.set_state(WorkerStatus.IDLE, pipeline=pipe)
-            replies = pipe.execute()
-        for task, dependents in zip(batch, replies[: len(batch)], strict=True):
-            if dependents:
-                task.queue.enqueue_dependents(task.job)
-                ttl = task.job.get_result_ttl(self.default_result_ttl)
-                if ttl and ttl > 0:
-                    self.connection.expire(task.job.dependents_key, ttl)
-            self._observe(task, "succeeded")
-            self._forget(task)
+        A job hash gets only the fields that changed since it was started (job.save() would
+        serialize and send the whole job again, message included). Whether a job has dependents is
+        read inside the script, so none can be added unseen between the check and the finished
+        status; those that have some are left to RQ's own handle_job_success, which enqueues them."""
+        registries: list[tuple[str, str]] = []
+        index: dict[str, int] = {}
+        successes = []
+        for task in batch:
+            job, queue = task.job, task.queue
+            q = index.get(queue.name)
+            if q is None:
+                q = index[queue.name] = len(registries)
+                registries.append((queue.started_job_registry.key, queue.finished_job_registry.key))
+            assert job.started_at is not None and job.ended_at is not None
+            successes.append(
+                jobscripts.Success(
+                    job.id,
+                    task.execution.id,
+                    q,
+                    utcformat(job.started_at),
+                    utcformat(job.ended_at),
+                    repr(task.execution.created_at.timestamp()),
+                    repr(job.ended_at.timestamp()),
+                    job.get_result_ttl(self.default_result_ttl),
+                    jobscripts.serialized_result(job, job._result),
+                    _handled(job).value,
+                    # the job replaced its arguments (workers.jobs drops a handled message's bytes)
+                    zlib.compress(job.data) if job._data is UNEVALUATED else "",
+                    repr((job.ended_at - job.started_at).total_seconds()),
+                )
+            )
+        with self._cond:
+            idle = len(self._running) == len(batch)
+        deferred = self._scripts.acknowledge(self._keys, registries, successes, current_timestamp(), idle)
+        for task in batch:
+            if task.job.id in deferred:
+                self._settle_with_rq(task, lambda task=task: self._succeed_with_rq(task))  # type: ignore[misc]
+            else:
+                self._observe(task, "succeeded")
+                self._forget(task)
+
+    def _succeed_with_rq(self, task: Running) -> None:
+        self.handle_job_success(task.job, task.queue, task.queue.started_job_registry, task.execution)
+        history.set_status(self.connection, task.job.id, _handled(task.job))
 
     def _observe(self, task: Running, outcome: str) -> None:
         metrics.JOB_SECONDS.labels(task.queue.name).observe(time.perf_counter() - task.started)
@@ -762,19 +741,6 @@ class ThreadWorker(BaseWorker):
         self._last_heartbeats = time.monotonic()
 
 
-# KEYS: the queue, its intermediate list. ARGV: how many, the job key prefix. Returns id, hash, id, ...
-_TAKE = """
-local taken = {}
-for _ = 1, tonumber(ARGV[1]) do
-  local id = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
-  if not id then break end
-  taken[#taken + 1] = id
-  taken[#taken + 1] = redis.call('HGETALL', ARGV[2] .. id)
-end
-return taken
-"""
-
-
 class _Scheduler(RQScheduler):
     """RQ's scheduler process. When it dies (Redis went away) RQ logs why through logging, then
     multiprocessing would print the traceback again as plain text: exit quietly instead. The worker's
@@ -796,21 +762,18 @@ def _run_scheduler(scheduler: RQScheduler) -> None:
         sys.exit(1)
 
 
-def _cleanup(job: Job, result_ttl: int | None, pipe: Pipeline) -> None:
-    """RQ's job.cleanup(remove_from_queue=False), without an EXPIRE of keys the job cannot have: its
-    dependencies key exists only if it has dependencies (its dependents key is expired after
-    enqueue_dependents, when it has some)."""
-    if result_ttl == 0:
-        job.delete(pipeline=pipe, remove_from_queue=False)
-    elif result_ttl is not None and result_ttl > 0:
-        pipe.expire(job.key, result_ttl)
-        if job._dependency_ids:
-            pipe.expire(job.dependencies_key, result_ttl)
-
-
-def _needs_rq_path(job: Job) -> bool:
-    """Features the batched acknowledgement does not write: RQ's own success path handles them."""
-    return bool(job.success_callback or job.repeats_left or job.has_rate_limit or job.webhooks)
+def _needs_rq_path(job: Job, default_result_ttl: int) -> bool:
+    """Features the acknowledgement script does not write: RQ's own success path handles them."""
+    ttl = job.get_result_ttl(default_result_ttl)
+    return bool(
+        job.success_callback
+        or job.repeats_left
+        or job.has_rate_limit
+        or job.webhooks
+        or job._dependency_ids
+        or ttl is None
+        or not (ttl > 0 or ttl == -1)
+    )
 
 
 def _outcome(job: Job) -> str:
