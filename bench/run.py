@@ -339,6 +339,7 @@ def table(results: dict[str, Any], plan: Plan) -> str:
                 "x floor",
                 "peak RSS per process, MB",
             )
+            lines[-1] = f"{lines[-1]:<{2 + 26 + 3 * 28}}CPU us/job (+ receiver)"  # a fourth column
             for key, label in (
                 ("floor", "bare consumer (floor)"),
                 ("log_1", "log, 1 process"),
@@ -350,7 +351,11 @@ def table(results: dict[str, Any], plan: Plan) -> str:
             ):
                 rss = s[key].get("peak_rss")
                 ratio = _fmt(ratios[key], digits=3) if key in ratios else ""
-                row(label, _fmt(s[key]["jobs_per_s"]), ratio, _fmt(rss, MB, 1) if rss else "")
+                cpu = s[key].get("cpu_us_per_job")  # the workers' from the first job taken, all processes
+                receiver = s[key].get("receiver_cpu_us_per_job")
+                cpu_cell = f"{cpu['median']:,.0f}" if cpu else ""
+                cpu_cell += f" (+ {receiver['median']:,.0f})" if receiver else ""
+                row(label, _fmt(s[key]["jobs_per_s"]), ratio, _fmt(rss, MB, 1) if rss else "", cpu_cell)
     return "\n".join(lines)
 
 

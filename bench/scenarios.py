@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -379,7 +380,8 @@ def workers(
 ) -> dict[str, Any]:
     """Scenario 5: ``n`` jobs through ``processes`` burst workers: mailroom's (``handler``: log, or
     webhook to a local receiver answering after ``delay`` s), or RQ's stock Worker / SimpleWorker on
-    a no-op job (kind ``rq_noop`` / ``rq_simple``)."""
+    a no-op job (kind ``rq_noop`` / ``rq_simple``). CPU per job: the workers' user + system time from
+    the first job taken (polled every 50 ms) to their exit, and the receiver's after it listens."""
     stack.reset_redis()
     connection = stack.redis
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -394,11 +396,13 @@ def workers(
             )  # fmt: skip
             assert receiver.stdout is not None
             receiver.stdout.readline()
+            receiver_started = _process_cpu(receiver.pid)  # its start-up, not counted per request
             secret = stack.workdir / "webhook-secret"
             secret.write_text("c2VjcmV0LWtleS1mb3ItdGhlLWJlbmNo\n")
             mailbox["webhook"] = {"url": f"http://127.0.0.1:{port}/incoming", "secret_file": str(secret)}
         config, job_ids = _enqueue_mailroom(stack, n, **mailbox)
         argv = [*mailroom_argv(), "--config", str(config), "worker", "--burst"]
+        queue_key = "rq:queue:incoming_email"
     else:
         rq_queue = Queue(NOOP_QUEUE, connection=connection, serializer=JSONSerializer)
         jobs = rq_queue.enqueue_many([Queue.prepare_data("bench.noop.noop") for _ in range(n)])
@@ -416,6 +420,9 @@ def workers(
         if kind == "rq_simple":
             argv += ["-w", "rq.worker.SimpleWorker"]
         argv += ["--url", stack.redis_server.url, "--path", str(REPO), NOOP_QUEUE]
+        queue_key = f"rq:queue:{NOOP_QUEUE}"
+    children_cpu = _children_cpu()  # before the workers start: their CPU is in it once they are waited
+    started_cpu: float | None = None  # the workers' CPU when the first job was taken: their start-up
     logs = [stack.workdir / f"worker-{kind}-{i}.log" for i in range(processes)]
     procs = []
     for log in logs:
@@ -427,21 +434,43 @@ def workers(
         while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
             for i, proc in enumerate(procs):
                 peak[i] = max(peak[i], _peak_rss(proc.pid))
+            if started_cpu is None and connection.llen(queue_key) < n:
+                started_cpu = sum(_process_cpu(proc.pid) for proc in procs)
             time.sleep(0.05)
         for proc in procs:
             proc.wait(timeout=10)
+        worker_cpu = _children_cpu() - children_cpu
     finally:
         if receiver is not None:
             receiver.terminate()
             receiver.wait()
+    receiver_cpu = _children_cpu() - children_cpu - worker_cpu
+    cpu = {"cpu_us_per_job": (worker_cpu - (started_cpu or 0.0)) / n * 1e6}
+    if receiver is not None:
+        cpu["receiver_cpu_us_per_job"] = (receiver_cpu - receiver_started) / n * 1e6
     finished, span = _job_span(connection, job_ids)
     if finished != n:
         tail = logs[0].read_text(errors="replace")[-2000:]
         raise RuntimeError(f"{kind} workers finished {finished} of {n} jobs:\n{tail}")
     return {
         "n": n, "processes": processes, "jobs": finished, "seconds": span, "jobs_per_s": n / span,
-        "peak_rss": max(peak.values()),
+        "peak_rss": max(peak.values()), **cpu,
     }  # fmt: skip
+
+
+def _process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a running process (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of the waited-for child processes (the workers, the receiver)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _free_port() -> int:

@@ -115,8 +115,10 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
     # Library logs (RQ's worker lines) go through stdlib logging, to stderr, at our level: in JSON mode
     # one JSON object per line as well, and Python's warnings and uncaught exceptions with them.
     _library_logs(use_json, max(numeric_level, logging.INFO))
-    # imaplib's debug output can echo credentials: keep it off whatever the level.
-    logging.getLogger("imapclient").setLevel(logging.WARNING)
+    # imaplib's debug output can echo credentials, and httpx logs each request with its URL (a token in
+    # the query of a webhook URL, `mailroom check` probes it) at INFO: keep them off whatever the level.
+    for name in ("imapclient", "httpx"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

@@ -4,6 +4,7 @@ refused connections transient, the signed header cached per second."""
 from __future__ import annotations
 
 import base64
+import logging
 import socket
 import threading
 import time
@@ -171,3 +172,12 @@ def test_a_refused_connection_to_a_url_with_a_token_hides_it(tmp_path):
     with pytest.raises(TransientHandlerError) as raised:
         _handler(tmp_path, f"http://127.0.0.1:{port}/incoming?token=s3cret-token")(_email())
     assert "s3cret-token" not in str(raised.value)
+
+
+def test_no_request_is_logged_with_its_url(server, tmp_path, caplog):
+    """httpx's client logs each request, URL and all, at INFO (the worker's level): a token in the
+    query would reach the logs with every message. The handler's requests log nothing."""
+    with caplog.at_level(logging.DEBUG):
+        _handler(tmp_path, server.url + "?private_token=s3cret-token")(_email())
+    assert "s3cret-token" not in caplog.text
+    assert not [r for r in caplog.records if r.name.startswith("httpx")]

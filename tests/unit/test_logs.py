@@ -73,3 +73,16 @@ def test_library_records_are_json_lines_in_json_mode(capsys):
         assert second["level"] == "error" and "RuntimeError: boom" in second["exception"]
     finally:
         logs.configure("console", "info")
+
+
+@pytest.mark.parametrize("level", ["debug", "info"])
+def test_httpx_request_lines_are_off_whatever_the_level(capsys, level):
+    """httpx logs each request with its URL at INFO; a webhook URL may carry a token in its query."""
+    import logging
+
+    logs.configure("json", level)
+    try:
+        logging.getLogger("httpx").info('HTTP Request: POST https://app/in?private_token=s3cret "200 OK"')
+        assert "s3cret" not in capsys.readouterr().out
+    finally:
+        logs.configure("console", "info")

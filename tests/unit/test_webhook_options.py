@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 from pathlib import Path
 
 import jwt
@@ -51,7 +52,8 @@ def test_jwt_header_issuer_and_algorithm_as_configured(tmp_path: Path) -> None:
     jwt.decode(token, key, algorithms=["HS512"], issuer="mailroom")
 
 
-def test_basic_auth_reads_the_password_file_at_each_request(tmp_path: Path) -> None:
+def test_a_rotated_basic_auth_password_takes_effect_within_a_second(tmp_path: Path) -> None:
+    """The files are read at most once a second (not at each request), like the JWT's key."""
     password = _file(tmp_path, "password", "first")
     config = WebhookConfig(url=URL, username="actionmailbox", password_file=password)
     handler = WebhookHandler(config)
@@ -60,6 +62,7 @@ def test_basic_auth_reads_the_password_file_at_each_request(tmp_path: Path) -> N
         "Authorization": "Basic " + base64.b64encode(b"actionmailbox:first").decode(),
     }
     password.write_text("rotated\n")
+    time.sleep(1.1)
     assert (
         handler.headers()["Authorization"] == "Basic " + base64.b64encode(b"actionmailbox:rotated").decode()
     )
