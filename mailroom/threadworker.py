@@ -34,13 +34,13 @@ had popped but not yet registered are put back from the intermediate list (see `
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import random
 import signal
 import sys
 import threading
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
@@ -48,6 +48,7 @@ from types import FrameType, TracebackType
 from typing import Any
 from uuid import uuid4
 
+from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError
 from rq import Queue
 from rq import scheduler as rq_scheduler
@@ -150,6 +151,10 @@ class ThreadWorker(BaseWorker):
         # Job threads wait on their own condition (same lock): waking all of them each time a job
         # settles cost more than the jobs (a herd of threads contending for the lock and the GIL).
         self._ready = threading.Condition(lock)
+        # The acknowledging thread has its own too, and the main thread (_cond) is woken only when
+        # slots free up: a wake-up per finished job for threads that had nothing to do with it cost
+        # two context switches a job.
+        self._acks = threading.Condition(lock)
         self._closing = threading.Event()
         self._blocking = False  # the main thread waits on Redis for a job with nothing running
         self._tasks: list[Running] = []  # handed to threads, under _cond
@@ -210,6 +215,7 @@ class ThreadWorker(BaseWorker):
             with self._cond:
                 self._cond.notify_all()
                 self._ready.notify_all()
+                self._acks.notify_all()
             acks.join(timeout=5)
             self._until_redis_answers(self.teardown, give_up=5.0)
         return True
@@ -535,7 +541,6 @@ class ThreadWorker(BaseWorker):
             if task.counted:
                 task.counted = False
                 self._executing -= 1
-            self._cond.notify_all()
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
         """Done for the whole batch in _start_jobs."""
@@ -554,7 +559,7 @@ class ThreadWorker(BaseWorker):
         job._status = JobStatus.FINISHED
         with self._cond:
             self._done.append(task)
-            self._cond.notify_all()
+            self._acks.notify()
 
     def _finalize_failure(
         self,
@@ -599,7 +604,7 @@ class ThreadWorker(BaseWorker):
         while True:
             with self._cond:
                 while not self._done and not self._closing.is_set():
-                    self._cond.wait(0.5)
+                    self._acks.wait(0.5)
                 batch, self._done = self._done, []
             stopping = self._closing.is_set()
             if batch:
@@ -652,38 +657,42 @@ class ThreadWorker(BaseWorker):
                     job.get_result_ttl(self.default_result_ttl),
                     jobscripts.serialized_result(job, job._result),
                     _handled(job).value,
-                    # the job replaced its arguments (workers.jobs drops a handled message's bytes)
-                    zlib.compress(job.data) if job._data is UNEVALUATED else "",
+                    # the job replaced its arguments (workers.jobs drops a handled message's bytes):
+                    # stored as JSON, as mailroom.queue enqueues it (RQ reads it compressed or not)
+                    job.data if job._data is UNEVALUATED else "",
                     repr((job.ended_at - job.started_at).total_seconds()),
                 )
             )
         with self._cond:
             idle = len(self._running) == len(batch)
         deferred = self._scripts.acknowledge(self._keys, registries, successes, current_timestamp(), idle)
+        acknowledged = [task for task in batch if task.job.id not in deferred]
+        for task in acknowledged:
+            self._observe(task, "succeeded")
+        self._forget(*acknowledged)
         for task in batch:
             if task.job.id in deferred:
                 self._settle_with_rq(task, lambda task=task: self._succeed_with_rq(task))  # type: ignore[misc]
-            else:
-                self._observe(task, "succeeded")
-                self._forget(task)
 
     def _succeed_with_rq(self, task: Running) -> None:
         self.handle_job_success(task.job, task.queue, task.queue.started_job_registry, task.execution)
         history.set_status(self.connection, task.job.id, _handled(task.job))
 
     def _observe(self, task: Running, outcome: str) -> None:
-        metrics.JOB_SECONDS.labels(task.queue.name).observe(time.perf_counter() - task.started)
-        metrics.JOBS.labels(task.queue.name, outcome).inc()
+        seconds, count = _metrics(task.queue.name, outcome)
+        seconds.observe(time.perf_counter() - task.started)
+        count.inc()
         if outcome != "succeeded":
             try:
                 record_history(task.job, outcome)
             except RedisError:
                 pass
 
-    def _forget(self, task: Running) -> None:
+    def _forget(self, *tasks: Running) -> None:
         with self._cond:
-            self._running.pop(task.job.id, None)
-            self.executions.pop(task.execution.id, None)
+            for task in tasks:
+                self._running.pop(task.job.id, None)
+                self.executions.pop(task.execution.id, None)
             self._cond.notify_all()
 
     # ---- timeouts and heartbeats -----------------------------------------------------------------
@@ -760,6 +769,12 @@ def _run_scheduler(scheduler: RQScheduler) -> None:
         rq_scheduler.run(scheduler)  # type: ignore[no-untyped-call]
     except Exception:  # noqa: BLE001 - already logged by rq.scheduler.run
         sys.exit(1)
+
+
+@functools.cache
+def _metrics(queue: str, outcome: str) -> tuple[Histogram, Counter]:
+    """The metrics' children for a queue and outcome (``labels()`` looks them up under a lock)."""
+    return metrics.JOB_SECONDS.labels(queue), metrics.JOBS.labels(queue, outcome)
 
 
 def _needs_rq_path(job: Job, default_result_ttl: int) -> bool:

@@ -14,6 +14,7 @@ import structlog
 from rq import get_current_job
 from rq.job import Job
 
+from mailroom import sentry
 from mailroom.config import Settings, load_settings
 from mailroom.schema import JobPayload, PayloadError
 from workers import aio
@@ -73,6 +74,7 @@ def handle_email(data: dict[str, Any]) -> dict[str, Any]:
         raise PermanentHandlerError(f"not a mailroom payload: {exc}") from exc
     email = IncomingEmail(payload)
     job = get_current_job()
+    sentry.tag_message(payload.mailbox, payload.key, payload.message_id)
     jlog = log.bind(
         mailbox=payload.mailbox,
         uid=payload.uid,

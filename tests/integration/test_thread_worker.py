@@ -221,3 +221,40 @@ def test_handlers_stuck_past_their_timeout_in_every_slot_stop_the_worker(tmp_pat
     q = queue(redis_url)
     assert set(ids[:2]) <= set(FailedJobRegistry(queue=q).get_job_ids())
     assert StartedJobRegistry(queue=q).get_job_ids() == []
+
+
+def test_a_failing_job_reaches_sentry_with_its_job_tags_and_no_message_bytes(tmp_path, redis_url):
+    """The thread worker runs jobs through RQ's perform_job, which Sentry's RQ integration wraps in a
+    scope of its own: a job that fails for good is one event, tagged with its job id and (from
+    workers.jobs, since Sentry leaves the job's arguments out) its mailbox and reply key, the raw
+    message nowhere in it."""
+    import base64
+    import json
+
+    import sentry_sdk
+
+    from mailroom import sentry
+    from tests.unit.test_ops_sentry import Capture
+
+    settings = _settings(tmp_path, redis_url, sentry_dsn="https://public@o0.ingest.sentry.io/1")
+    (failing,) = enqueue(settings, ["fail-1"])
+    raw = queue(redis_url).fetch_job(failing).args[0]["raw"]
+    transport = Capture()
+    assert sentry.init(settings, "worker", with_rq=True, transport=transport)
+    try:
+        worker(settings).work(burst=True)
+        sentry_sdk.flush()
+    finally:
+        # Off, and without the RQ integration: its patched enqueue would add trace headers to the
+        # meta of jobs later tests enqueue.
+        sentry_sdk.init(dsn=None, default_integrations=False, auto_enabling_integrations=False)
+    items = [item for envelope in transport.envelopes for item in envelope.items]
+    events = [json.loads(item.payload.get_bytes()) for item in items if item.type == "event"]
+    assert len(events) == 1, events
+    (event,) = events
+    assert event["tags"]["job_id"] == failing
+    assert event["tags"]["reply_key"] == "fail-1" and event["tags"]["mailbox"] == "support"
+    assert "handler failed on fail-1" in json.dumps(event["exception"])
+    text = json.dumps(event)
+    assert raw not in text and base64.b64decode(raw)[:40].decode() not in text
+    assert FailedJobRegistry(queue=queue(redis_url)).get_job_ids() == [failing]
