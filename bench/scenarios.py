@@ -443,11 +443,14 @@ def workers(
     finally:
         if receiver is not None:
             receiver.terminate()
-            receiver.wait()
+            said = receiver.communicate(timeout=10)[0].decode()  # "connections=N requests=M"
     receiver_cpu = _children_cpu() - children_cpu - worker_cpu
     cpu = {"cpu_us_per_job": (worker_cpu - (started_cpu or 0.0)) / n * 1e6}
     if receiver is not None:
         cpu["receiver_cpu_us_per_job"] = (receiver_cpu - receiver_started) / n * 1e6
+        # TCP connections the workers opened: about one per thread when the pool reuses them.
+        counts = dict(part.split("=") for part in said.split() if "=" in part)
+        cpu["receiver_connections"] = int(counts.get("connections", -1))
     finished, span = _job_span(connection, job_ids)
     if finished != n:
         tail = logs[0].read_text(errors="replace")[-2000:]
