@@ -322,8 +322,7 @@ class ThreadWorker(BaseWorker):
                     self._cond.wait(WAIT)
                 deadline = time.monotonic() + COALESCE
                 while (
-                    self.concurrency - len(self._running) < half
-                    and (left := deadline - time.monotonic()) > 0
+                    self.concurrency - len(self._running) < half and (left := deadline - time.monotonic()) > 0
                 ):
                     self._cond.wait(left)
                 free = self.concurrency - len(self._running)
