@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import ast
 import imaplib
-import math
 import re
-import select
 import socket
 import ssl
 import time
@@ -156,6 +154,7 @@ class ImapSession:
         self.capabilities = capabilities
         # False when the folder's PERMANENTFLAGS lack \\* (and our keyword): $MailroomParked cannot be kept.
         self.keywords_allowed = keywords_allowed
+        self._idle: idling.Idle | None = None  # an IDLE a quiet renewal left running
 
     @classmethod
     def open(
@@ -233,6 +232,7 @@ class ImapSession:
         criteria = ["UNSEEN", "UNDELETED"] if action is AfterDeliveryAction.SEEN else ["UNDELETED"]
         criteria += ["UNKEYWORD", PARKED, *self.config.search_criteria]  # the mailbox's search: narrows
         with _translated("UID SEARCH"):
+            self._end_idle()
             self._pipeline.drain()  # first: what it announces is covered by this SEARCH
             self._forget_activity()
             return sorted(int(uid) for uid in self._client.search(criteria))
@@ -269,6 +269,7 @@ class ImapSession:
             return
         left: dict[int, int] = {}
         with _translated("UID FETCH BODY.PEEK[]"):
+            self._end_idle()
             ahead = self._pipeline.fetch(_uid_set(chunks[0]), _Budget(max_size, max_batch_bytes).keep)
         for i, chunk in enumerate(chunks):
             with _translated("UID FETCH BODY.PEEK[]", chunk):
@@ -318,6 +319,7 @@ class ImapSession:
         """The header of a message too large to queue, at most ``limit`` bytes of it: a message without
         the blank line that ends a header is all header to the server (RFC 3501 6.4.5)."""
         with _translated("UID FETCH BODY.PEEK[HEADER]"):
+            self._end_idle()
             self._pipeline.drain()
         with _translated("UID FETCH BODY.PEEK[HEADER]", [uid]), _imapclient_refusals(self._client._imap):
             data = self._client.fetch([uid], [f"BODY.PEEK[HEADER]<0.{limit}>", "INTERNALDATE"])
@@ -341,6 +343,7 @@ class ImapSession:
         words starting with ``BYE`` mean the server has closed the session. Never raises FetchFailed."""
         size, internaldate, header = 0, None, b""
         with _translated("UID FETCH RFC822.SIZE"):
+            self._end_idle()
             self._pipeline.drain()
         try:
             with _translated("UID FETCH RFC822.SIZE", [uid]), _imapclient_refusals(self._client._imap):
@@ -364,6 +367,7 @@ class ImapSession:
             return
         flags = [SEEN, PARKED.encode()] if self.keywords_allowed else [SEEN]
         with _translated("mark parked"):
+            self._end_idle()
             self._pipeline.drain()
             self._client.add_flags(list(uids), flags, silent=True)
 
@@ -379,6 +383,7 @@ class ImapSession:
         action, folder = self.config.after_delivery_action
         uid_list = list(uids)
         with _translated(f"mark {action.value}"):
+            self._end_idle()
             if action is AfterDeliveryAction.SEEN:
                 self._pipeline.add_flags(_uid_set(uid_list), SEEN)
                 return
@@ -413,20 +418,23 @@ class ImapSession:
         must be answered within ``done_timeout``: that round trip is what proves a quiet connection alive.
         """
         deadline = time.monotonic() + seconds
-        imap = self._client._imap
         with _translated("IDLE"):
-            self._pipeline.drain()
-            tag, woke = idling.begin(imap)
+            woke = False
+            running, self._idle = self._idle, None  # until a renewal leaves the next one running
+            if running is None:
+                self._pipeline.drain()
+                running = idling.Idle(self._client._imap, self._client.socket())
+                woke = running.begin(self.config.timeout)
+            due = False
             try:
-                waiting = _Waiting(self._client.socket(), imap.file, wakeup)
                 while not woke and not should_stop():
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
+                        due = True
                         break
-                    if not waiting.readable(remaining if wakeup is not None else min(1.0, remaining)):
+                    line = running.next_line(remaining if wakeup is not None else min(1.0, remaining), wakeup)
+                    if line is None:
                         continue
-                    line = idling.read_line(imap)
-                    waiting.maybe_buffered = True
                     if line.startswith(b"* BYE"):
                         raise ImapError(f"server ended the session during IDLE: {line[:200]!r}")
                     if line.startswith((b"* NO", b"* BAD")):
@@ -435,18 +443,32 @@ class ImapSession:
                         raise ImapError(f"server reported a problem during IDLE: {line[:200]!r}")
                     woke = idling.announces_mail(line)
             finally:
-                sock = self._client.socket()
-                # Shutting down needs no proof of life, only a prompt exit (SIGTERM's grace is 8 s).
-                sock.settimeout(min(done_timeout, _STOPPING_DONE_TIMEOUT) if should_stop() else done_timeout)
-                try:
-                    announced = idling.end(imap, tag)
-                finally:
-                    sock.settimeout(self.config.timeout)
+                stopping = should_stop()
+                if due and not stopping:
+                    # Quiet until the renewal: DONE and the next IDLE in one write; the new IDLE stays
+                    # running for the next call (any other command ends it first, _end_idle).
+                    announced = running.renew(done_timeout)
+                    self._idle = running
+                else:
+                    # Shutting down needs no proof of life, only a prompt exit (SIGTERM's grace is 8 s).
+                    timeout = min(done_timeout, _STOPPING_DONE_TIMEOUT) if stopping else done_timeout
+                    announced = running.end(timeout, self.config.timeout)
         return woke or announced
+
+    def _end_idle(self, timeout: float | None = None) -> None:
+        """End the IDLE a quiet renewal left running, before any other command; new mail announced in
+        DONE's answer is filed where imaplib files it, for saw_activity (and the SEARCH after it)."""
+        running, self._idle = self._idle, None
+        if running is None:
+            return
+        timeout = timeout or self.config.timeout
+        if running.end(timeout, timeout):
+            self._client._imap.untagged_responses.setdefault("EXISTS", []).append(b"0")
 
     def noop(self) -> bool:
         """NOOP; True if its responses announce new mail."""
         with _translated("NOOP"):
+            self._end_idle()
             self._pipeline.drain()
             _, responses = self._client.noop()
         return any(_is_activity(r) for r in responses)
@@ -454,6 +476,7 @@ class ImapSession:
     def close(self) -> None:
         """Log out if the server still answers; never raises."""
         try:
+            self._end_idle(2.0)
             self._client.socket().settimeout(2.0)
             self._pipeline.drain()
             self._client.logout()
@@ -499,49 +522,6 @@ def _uid_set(uids: Sequence[int]) -> str:
         ranges.append(str(start) if start == previous else f"{start}:{previous}")
         start = previous = uid
     return ",".join(ranges)
-
-
-class _Waiting:
-    """Waits for the next line the server sends during IDLE, or for a stop request.
-
-    imapclient's idle_check() polls the socket only, so it misses a line already sitting in imaplib's
-    read buffer (it arrived in the same segment as the IDLE continuation) and spins on a closed socket;
-    looking at the buffer first, after each line read, closes both gaps. poll(), not select(): a
-    replica with hundreds of mailboxes has descriptors above select's limit of 1024.
-    """
-
-    def __init__(self, sock: socket.socket, file: Any, wakeup: int | None) -> None:
-        self.sock = sock
-        self.file = file
-        self.maybe_buffered = True  # until looked at: the continuation may have come with more
-        self.poller = select.poll()
-        self.poller.register(sock, select.POLLIN)
-        self.wakeup = wakeup
-        if wakeup is not None:
-            self.poller.register(wakeup, select.POLLIN)
-
-    def readable(self, timeout: float) -> bool:
-        """True if a line (or EOF) can be read now; False after ``timeout`` s or on a stop request."""
-        if self.maybe_buffered:
-            self.maybe_buffered = False
-            if _input_buffered(self.sock, self.file):
-                return True
-        ready = self.poller.poll(max(0, math.ceil(timeout * 1000)))
-        return any(fd != self.wakeup for fd, _ in ready)
-
-
-def _input_buffered(sock: socket.socket, file: Any) -> bool:
-    """True if bytes already read from the socket wait in the TLS layer or imaplib's buffer."""
-    if isinstance(sock, ssl.SSLSocket) and sock.pending() > 0:
-        return True
-    previous = sock.gettimeout()
-    sock.setblocking(False)
-    try:
-        return bool(file.peek(1))
-    except (BlockingIOError, ssl.SSLWantReadError):
-        return False
-    finally:
-        sock.settimeout(previous)
 
 
 def _is_activity(response: Any) -> bool:

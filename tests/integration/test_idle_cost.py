@@ -10,10 +10,11 @@ import time
 from types import SimpleNamespace
 
 import pytest
+import trustme
 
-from devstack import append_messages, make_message
+from devstack import TLSFiles, append_messages, make_message
 from mailroom.config import ImapMailbox
-from mailroom.imap import session as session_module
+from mailroom.imap import idling
 from mailroom.imap.session import ImapSession
 from mailroom.stopping import StopEvent
 from tests.support import mailbox_config
@@ -22,6 +23,9 @@ pytestmark = pytest.mark.integration
 
 
 class _CountingPoll:
+    """Counts the waits for news: polls on the socket and the stop request's descriptor together (a
+    renewal's answer is waited for on the socket alone)."""
+
     def __init__(self) -> None:
         self.calls = 0
 
@@ -32,19 +36,22 @@ class _CountingPoll:
         def __init__(self, counter: _CountingPoll) -> None:
             self.counter = counter
             self.poller = select.poll()
+            self.fds = 0
 
         def register(self, fd, mask):
+            self.fds += 1
             self.poller.register(fd, mask)
 
         def poll(self, timeout):
-            self.counter.calls += 1
+            self.counter.calls += self.fds > 1
             return self.poller.poll(timeout)
 
 
 @pytest.fixture
 def polls(monkeypatch):
     counter = _CountingPoll()
-    monkeypatch.setattr(session_module, "select", SimpleNamespace(poll=counter, POLLIN=select.POLLIN))
+    fake = SimpleNamespace(poll=counter, POLLIN=select.POLLIN, POLLOUT=select.POLLOUT)
+    monkeypatch.setattr(idling, "select", fake)
     return counter
 
 
@@ -112,3 +119,48 @@ def test_renewals_leave_nothing_behind_on_the_connection(session, imap_account):
         sizes.append(held())
     assert sizes[-1] == sizes[0], (sizes, imap.untagged_responses)
     assert sizes[-1][0] == 0
+
+
+@pytest.mark.parametrize("lead", [0.3, 0.1, 0.02])
+def test_mail_arriving_just_before_a_renewal_is_noticed_at_once(session, imap_account, lead):
+    """A message APPENDed ``lead`` s before the renewal (DONE and the next IDLE in one write): Dovecot
+    has not announced it yet (it holds notifications about half a second) and does so right after the
+    new IDLE's continuation. The renewal reports it, or the very next wait does, not the renewal after
+    (30 s later here)."""
+    stop = StopEvent()
+    account = (imap_account.host, imap_account.port, imap_account.username, imap_account.password)
+    threading.Timer(2.0 - lead, append_messages, args=(*account, [make_message(1)])).start()
+    started = time.monotonic()
+    news = session.idle(2.0, stop.is_set, 5.0, stop.fileno())
+    if not news:
+        news = session.idle(30.0, stop.is_set, 5.0, stop.fileno())
+    assert news is True
+    assert time.monotonic() - started < 10.0
+    assert session.pending_uids() == [1]  # and the session, its IDLE ended, answers a SEARCH
+
+
+def test_idle_renewals_and_news_over_tls(make_dovecot, tmp_path):
+    """The same IDLE over IMAPS: the socket is an SSLSocket, read and written non-blocking while the IDLE
+    runs (bytes the TLS layer already decrypted count as readable)."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert_path, key_path, ca_path = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_path))
+    cert.private_key_pem.write_to_path(str(key_path))
+    ca.cert_pem.write_to_path(str(ca_path))
+    dovecot = make_dovecot(tls=TLSFiles(cert_path, key_path))
+    account = dovecot.add_user("tls", "secret")
+    config = mailbox_config(account, security="tls", port=dovecot.imaps_port, ca_file=str(ca_path))
+    opened = ImapSession.open(ImapMailbox.model_validate(config))
+    try:
+        stop = StopEvent()
+        for _ in range(3):  # quiet renewals, the IDLE left running between them
+            assert opened.idle(0.2, stop.is_set, 5.0, stop.fileno()) is False
+        account_args = (account.host, account.port, account.username, account.password)
+        threading.Timer(0.3, append_messages, args=(*account_args, [make_message(1)])).start()
+        started = time.monotonic()
+        assert opened.idle(60.0, stop.is_set, 5.0, stop.fileno()) is True
+        assert time.monotonic() - started < 10.0
+        assert opened.pending_uids() == [1]
+    finally:
+        opened.close()

@@ -1,10 +1,11 @@
 """Where an IDLE's EXISTS can land, against a scripted server on a loopback socket, with the watcher's
 single poll() wait (a StopEvent's descriptor, 30 s to the renewal): each must end the IDLE at once.
 
-The racy one is a line already read into imaplib's buffer (it came in the same segment as the
+The racy one is a line already read into the IDLE's buffer (it came in the same segment as the
 continuation, or behind another untagged line): poll() on the socket would not see it, and the IDLE
 would sleep until its renewal. A real Dovecot cannot be made to send that segment on purpose, so the
-server here does."""
+server here does (tests/integration/test_idle_cost.py has Dovecot's own case, mail announced right
+after a renewal's continuation)."""
 
 from __future__ import annotations
 
