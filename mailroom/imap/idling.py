@@ -80,6 +80,15 @@ class Idle:
         deadline = time.monotonic() + timeout
         old, self.tag = self.tag, self.imap._new_tag()
         self._send(b"DONE\r\n" + self.tag + b" IDLE\r\n", deadline)
+        self._receive(deadline, self._answer, timeout_raises=True)
+        buffer = self.buffer  # often DONE's OK and the continuation together, and nothing else
+        if buffer.startswith(old + b" OK "):
+            continuation = buffer.find(b"\n") + 1
+            after = buffer.find(b"\n", continuation) + 1 if buffer.startswith(b"+", continuation) else 0
+            if after:
+                self.buffer = buffer[after:]
+                self.imap.tagged_commands.pop(old, None)
+                return False
         announced = self._until_done(old, deadline)
         return self._continued(deadline) or announced
 
@@ -168,7 +177,7 @@ class Idle:
             if not (self.tls and self.tls.pending()):
                 wait = deadline - time.monotonic()
                 ready = poller.poll(math.ceil(wait * 1000) if wait > 0 else 0)  # ms, rounded up
-                if not any(fd != self.wakeup for fd, _ in ready):
+                if not ready or (len(ready) == 1 and ready[0][0] == self.wakeup):
                     if ready or not timeout_raises:
                         return False
                     if time.monotonic() >= deadline:

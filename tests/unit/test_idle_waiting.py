@@ -105,6 +105,17 @@ def test_begin_renew_and_end_a_quiet_idle(wire):
     assert idle.sock.gettimeout() == 30.0  # imaplib's again
 
 
+def test_a_renewal_answered_in_two_segments(wire):
+    """DONE's OK at once, the continuation after the server's sync: read as they come."""
+    idle, server, imap = wire
+    server.sendall(b"+ idling\r\n")
+    idle.begin(5.0)
+    server.sendall(b"A1 OK Idle completed\r\n")
+    threading.Timer(0.1, server.sendall, args=(b"+ idling\r\n",)).start()
+    assert idle.renew(5.0) is False
+    assert idle.buffer == b"" and list(imap.tagged_commands) == [b"A2"]
+
+
 @pytest.mark.parametrize(
     "answer",
     [
