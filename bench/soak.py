@@ -4,8 +4,10 @@
 ``--mailboxes`` mailboxes (one Dovecot user each) while ``--rate`` messages a second are APPENDed to
 random ones for ``--minutes``. Every ``--sample`` seconds the resident memory (VmRSS, /proc/PID/status)
 of both is recorded; after a warm-up (the first third of the run, at most 5 minutes) the slope of each
-is fitted by least squares and printed in MB per hour. At the end every message must have been handled
-by the worker's ``log`` handler exactly once (its ``email_received`` lines, by reply key).
+is fitted by least squares and printed in MB per hour, and the slopes of the two halves of the rest
+apart (growth that slows down, such as pages touched for the first time, against growth that keeps
+its pace). At the end every message must have been handled by the worker's ``log`` handler exactly
+once (its ``email_received`` lines, by reply key).
 
 ``python -m bench.soak`` runs an hour; ``make bench`` runs ``--minutes 3``. Exit status 1 if a message
 was lost or handled twice, or a slope is over ``--max-slope`` MB/h (default: no limit).
@@ -211,7 +213,7 @@ def describe_growth(name: str, report: dict[str, Any], hours: float) -> list[str
         f"{name}: from the warm-up's end to the last snapshot ({hours * 60:.0f} min):",
         f"  RSS                          {delta('rss')}",
         f"  Python heap (traced)         {delta('traced')}",
-        f"    of which live after gc     {delta('traced_after_gc')}",
+        f"    kept between work items    {delta('kept')}",
         f"  tracemalloc's own            {delta('tracemalloc_overhead')}",
     ]
     if a.get("malloc") and b.get("malloc"):
@@ -220,7 +222,17 @@ def describe_growth(name: str, report: dict[str, Any], hours: float) -> list[str
             f"  glibc malloc freed, kept     {delta('malloc', 'free')}",
             f"  glibc malloc mmapped         {delta('malloc', 'mmap')}",
         ]
-    lines.append("  growing sites (first -> last; first half, second half; blocks):")
+    garbage = b.get("garbage") or []
+    if garbage:
+        total = sum(row["bytes"] for row in garbage)
+        lines.append(
+            f"  cyclic garbage a full collection freed at the end ({total / 1000:.0f} KB in the top):"
+        )
+        for row in garbage[:8]:
+            lines.append(
+                f"  {row['bytes'] / 1000:9.1f} KB {row['count']:6d} {row['type']:<18} {row['where']}"
+            )
+    lines.append("  growing sites of what is kept (first -> last; first half, second half; blocks):")
     for row in report["sites"]:
         if row["growth"] <= 0:
             break
@@ -326,6 +338,12 @@ def soak(
         result[f"{name}_rss_start_mb"] = after[0][1] / MB if after else 0.0
         result[f"{name}_rss_end_mb"] = after[-1][1] / MB if after else 0.0
         result[f"{name}_slope_mb_h"] = slope_mb_per_hour(after)
+        if after:  # growth that slows down (pages touched once) against growth that keeps its pace
+            half = (after[0][0] + after[-1][0]) / 2
+            result[f"{name}_halves_mb_h"] = [
+                slope_mb_per_hour([p for p in after if p[0] < half]),
+                slope_mb_per_hour([p for p in after if p[0] >= half]),
+            ]
     if trace and len(snap_times) >= 2:
         result["snapshot_minutes"] = [round(t / 60, 2) for t in snap_times]
         result["growth"] = {name: growth_report(snapdirs[name]) for name in procs}
@@ -333,13 +351,17 @@ def soak(
 
 
 def describe(result: dict[str, Any]) -> str:
+    def halves(name: str) -> str:
+        first, second = result.get(f"{name}_halves_mb_h", [0.0, 0.0])
+        return f"; halves {first:+.2f}, {second:+.2f}"
+
     return (
         f"{result['minutes']:g} min, {result['mailboxes']} mailboxes, {result['rate']:g} msg/s:"
         f" {result['handled']}/{result['sent']} handled, {result['lost']} lost, {result['twice']} twice;"
         f" after {result['warmup_s'] / 60:.1f} min warm-up: watcher {result['watch_rss_start_mb']:.1f} ->"
-        f" {result['watch_rss_end_mb']:.1f} MB ({result['watch_slope_mb_h']:+.2f} MB/h), worker"
-        f" {result['worker_rss_start_mb']:.1f} -> {result['worker_rss_end_mb']:.1f} MB"
-        f" ({result['worker_slope_mb_h']:+.2f} MB/h)"
+        f" {result['watch_rss_end_mb']:.1f} MB ({result['watch_slope_mb_h']:+.2f} MB/h{halves('watch')}),"
+        f" worker {result['worker_rss_start_mb']:.1f} -> {result['worker_rss_end_mb']:.1f} MB"
+        f" ({result['worker_slope_mb_h']:+.2f} MB/h{halves('worker')})"
     )
 
 

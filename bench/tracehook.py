@@ -18,8 +18,11 @@ growing, a C library's own growth as ``in_use`` growing faster than ``traced``.
 
 The figures are read first, then the snapshot is taken and written by a forked child: a snapshot of a
 busy process allocates tens of MB, which glibc would keep in the traced process's heap and show as
-growth of its own. The child runs a full garbage collection first, so objects that only wait in a
-reference cycle for the collector are not taken for growth (``traced_after_gc`` beside ``traced``).
+growth of its own. The child is a copy with one thread: the other threads' frames are gone, and with
+them what they hold for the work in hand (a batch being fetched, a job running). It runs a full
+garbage collection, lists what that freed (``garbage``: objects only a reference cycle kept, by type
+and allocation site), and snapshots the rest: what the process keeps between pieces of work (caches,
+connections, registries, metrics), ``kept`` beside ``traced``. That is where a leak shows.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import gc
 import json
 import os
 import signal
+import sys
 import threading
 import tracemalloc
 from collections.abc import Callable
@@ -83,6 +87,25 @@ def rss() -> int:
     return 0
 
 
+def _garbage(top: int = 15) -> list[dict[str, Any]]:
+    """Collect everything; what the collector freed (objects only a reference cycle kept), by type and
+    the place it was allocated (where tracemalloc knows it)."""
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    gc.collect()
+    gc.set_debug(0)
+    groups: dict[tuple[str, str], list[int]] = {}
+    for obj in gc.garbage:
+        trace = tracemalloc.get_object_traceback(obj)
+        where = " < ".join(f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno}" for f in list(trace or [])[::-1][:6])
+        row = groups.setdefault((type(obj).__qualname__, where), [0, 0])
+        row[0] += 1
+        row[1] += sys.getsizeof(obj)
+    gc.garbage.clear()
+    gc.collect()
+    ranked = sorted(groups.items(), key=lambda item: item[1][1], reverse=True)[:top]
+    return [{"type": kind, "where": where, "count": n, "bytes": size} for (kind, where), (n, size) in ranked]
+
+
 def _snapshot(directory: Path, number: int) -> None:
     traced, peak = tracemalloc.get_traced_memory()
     stats: dict[str, Any] = {
@@ -96,8 +119,9 @@ def _snapshot(directory: Path, number: int) -> None:
     if child == 0:  # the copy writes the snapshot; the traced process's heap is left as it was
         code = 1
         try:
-            gc.collect()
-            stats["traced_after_gc"] = tracemalloc.get_traced_memory()[0]
+            stats["gc"] = {"counts": gc.get_count(), "stats": gc.get_stats()}
+            stats["garbage"] = _garbage()
+            stats["kept"] = tracemalloc.get_traced_memory()[0]
             tracemalloc.take_snapshot().dump(str(directory / f"snap-{number}.tracemalloc"))
             part = directory / f"snap-{number}.json.part"
             part.write_text(json.dumps(stats))
