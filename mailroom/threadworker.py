@@ -4,10 +4,15 @@ RQ's ``Worker`` forks a work horse per job and runs one job at a time; ``SimpleW
 but still runs one job at a time and spends about ten Redis round trips on each. This worker keeps RQ's
 data model and semantics and changes only how the work is scheduled:
 
-- the main thread takes up to ``concurrency - running`` jobs and registers them as started in one
-  round trip (mailroom.jobscripts' start script: each job gets RQ's Execution, its StartedJobRegistry
-  entry and ``started`` status, exactly what RQ writes for one job; a blocking BLMOVE to the queue's
-  intermediate list, as RQ's, only when nothing is queued);
+- the main thread takes a job for each free slot and registers them as started in one round trip
+  (mailroom.jobscripts' start script: each job gets RQ's Execution, its StartedJobRegistry entry and
+  ``started`` status, exactly what RQ writes for one job; a blocking BLMOVE to the queue's
+  intermediate list, as RQ's, only when nothing is queued). A slot is one of the ``concurrency`` job
+  threads: it frees when its job's function returns, while the job's success waits for its batch
+  acknowledgement. StartedJobRegistry may so hold, besides the jobs running, finished ones not yet
+  acknowledged (at most ``concurrency`` more: the worker takes no job while that many wait). When
+  slots free up, the main thread waits COALESCE for more to free before taking jobs, so that short
+  jobs come several to a round trip, but only while the process is CPU-bound (see ``_coalesce``);
 - ``concurrency`` threads run the jobs through RQ's own ``perform_job`` (so Sentry's RQ integration,
   exception handlers, failure handling and retries are RQ's);
 - an acknowledging thread writes the successes of all jobs that finished meanwhile in one script call
@@ -26,9 +31,12 @@ data model and semantics and changes only how the work is scheduled:
   back; finished jobs are acknowledged then (none is left in StartedJobRegistry). It exits only on a
   signal (or, with ``--burst``, when the queues are empty).
 
-A SIGKILLed worker's running jobs stay in StartedJobRegistry until their heartbeat expires; RQ's
-registry maintenance (run every minute here) then retries them per their policy, and ids a dead worker
-had popped but not yet registered are put back from the intermediate list (see ``_recover_popped``).
+On SIGTERM, jobs that finished but were not acknowledged yet are acknowledged before the worker exits.
+A SIGKILLed worker's running jobs, and those finished but not yet acknowledged, stay in
+StartedJobRegistry until their heartbeat expires; RQ's registry maintenance (run every minute here)
+then retries them per their policy (so a finished one may run again: at-least-once), and ids a dead
+worker had popped but not yet registered are put back from the intermediate list (see
+``_recover_popped``).
 """
 
 from __future__ import annotations
@@ -69,7 +77,9 @@ DEFAULT_CONCURRENCY = 10
 DEFAULT_SHUTDOWN_TIMEOUT = 25.0
 MAINTENANCE_INTERVAL = 60  # seconds: abandoned jobs of dead workers are found within a minute of expiry
 RECOVER_AFTER = 5.0  # seconds an id may sit popped but unregistered before it is put back in its queue
-COALESCE = 0.002  # seconds to wait for more free slots before taking jobs for them
+COALESCE = 0.002  # seconds to wait for more free slots before taking jobs for them (CPU-bound)
+CPU_SAMPLE = 0.05  # seconds over which the process's CPU share is measured
+CPU_BOUND = 0.75  # share of a core above which the worker counts as CPU-bound
 WAIT = 1  # seconds the main loop blocks at most while jobs are running (timeouts, heartbeats, stop)
 
 
@@ -160,6 +170,9 @@ class ThreadWorker(BaseWorker):
         self._tasks: list[Running] = []  # handed to threads, under _cond
         self._running: dict[str, Running] = {}  # job id -> task, under _cond
         self._executing = 0  # tasks in threads, under _cond
+        self._wake_at = concurrency + 1  # free slots at which a job thread wakes the main thread
+        self._cpu_sample = (time.monotonic(), time.process_time())
+        self._cpu_bound = True  # the process used most of a core lately (see _coalesce)
         self._done: list[Running] = []  # successes waiting for their acknowledgement, under _cond
         self._retired: set[int] = set()  # thread idents left behind with a timed-out job
         self.stuck = False  # stopped because too many threads hang past their job's timeout
@@ -305,27 +318,29 @@ class ThreadWorker(BaseWorker):
         self._enforce_timeouts()
         self._stop_if_stuck()
         self._maintain_heartbeats()
-        # At most ``concurrency`` jobs registered as started and not yet settled (running, or
-        # finished and waiting for their acknowledgement): StartedJobRegistry and `rq info` show no
-        # job as executing that has no thread.
+        # A slot is a job thread: it frees when the job's function returns, not when its success is
+        # acknowledged (the acknowledging thread writes that meanwhile, for a batch at a time). So
+        # StartedJobRegistry may hold, besides the ``concurrency`` jobs running, some finished ones
+        # waiting for their acknowledgement (at most as many again: see _free).
         with self._cond:
-            free = self.concurrency - len(self._running)
+            free = self._free()
             busy = bool(self._running)
         half = max(1, self.concurrency // 2)
         if busy and free < half:
             with self._cond:
                 # Once a slot is free, wait COALESCE for more to free up: short jobs then still come
                 # several to a round trip, and the slot of a long one (a webhook's request) is taken
-                # again within milliseconds, not when half the threads are free (about 7 of 10 slots
-                # were in flight against a 20 ms receiver).
-                if len(self._running) >= self.concurrency:
+                # again within milliseconds. Job threads wake this thread only when it waits for
+                # that many free slots (_wake_at), not at every job.
+                if free <= 0:
+                    self._wake_at = 1
                     self._cond.wait(WAIT)
-                deadline = time.monotonic() + COALESCE
-                while (
-                    self.concurrency - len(self._running) < half and (left := deadline - time.monotonic()) > 0
-                ):
+                deadline = time.monotonic() + self._coalesce()
+                self._wake_at = half
+                while self._free() < half and (left := deadline - time.monotonic()) > 0:
                     self._cond.wait(left)
-                free = self.concurrency - len(self._running)
+                self._wake_at = self.concurrency + 1
+                free = self._free()
             if free <= 0:
                 return True
         if busy or burst:
@@ -342,6 +357,19 @@ class ThreadWorker(BaseWorker):
             self._start_jobs(jobs)
             return True
         return not (burst and not busy)
+
+    def _coalesce(self) -> float:
+        """How long to wait for more slots to free up before taking jobs: COALESCE while the process
+        uses most of a core, where fewer round trips a job is what lets more jobs run (short jobs:
+        the log handler's); none when it does not, where jobs wait on something else and an empty
+        slot is what costs (a webhook against a 20 ms receiver: slots freed every ~2.5 ms, so the
+        wait kept each slot empty ~2 ms a job of ~24 ms, at half a core of CPU)."""
+        moment, cpu = time.monotonic(), time.process_time()
+        if moment - self._cpu_sample[0] >= CPU_SAMPLE:
+            share = (cpu - self._cpu_sample[1]) / (moment - self._cpu_sample[0])
+            self._cpu_bound = share >= CPU_BOUND
+            self._cpu_sample = (moment, cpu)
+        return COALESCE if self._cpu_bound else 0.0
 
     def _finish_running(self) -> None:
         """Warm shutdown: wait for the running jobs up to shutdown_timeout, then put the rest back."""
@@ -546,6 +574,14 @@ class ThreadWorker(BaseWorker):
             if task.counted:
                 task.counted = False
                 self._executing -= 1
+                if self.concurrency - self._executing >= self._wake_at:
+                    self._cond.notify()
+
+    def _free(self) -> int:
+        """Slots free for new jobs (under _cond): threads not running one, as long as no more than
+        ``concurrency`` finished jobs wait for their acknowledgement (Redis slow to take them: the
+        worker does not run ahead of what it can acknowledge)."""
+        return min(self.concurrency - self._executing, 2 * self.concurrency - len(self._running))
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
         """Done for the whole batch in _start_jobs."""

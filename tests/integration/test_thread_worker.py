@@ -169,29 +169,53 @@ def test_stop_waits_for_running_jobs_and_puts_back_what_outlives_the_timeout(tmp
     assert len(q) == 6
 
 
-def test_started_registry_never_holds_more_jobs_than_threads(tmp_path, redis_url):
-    """`rq info` shows as executing only jobs a thread runs: with concurrency 3, StartedJobRegistry
-    holds at most 3 jobs at any moment (it held 6 when the worker kept as many waiting, started)."""
+class _SlowAcks(ThreadWorker):
+    """Acknowledgements that take half a second a batch (a slow Redis, seen from the worker)."""
+
+    def _acknowledge(self, batch: list[Any]) -> None:
+        time.sleep(0.5)
+        super()._acknowledge(batch)
+
+
+def test_a_slot_frees_when_its_job_returns_and_finished_jobs_are_acknowledged_on_stop(tmp_path, redis_url):
+    """A thread takes its next job while the success of its last one waits for the batch
+    acknowledgement: StartedJobRegistry then briefly holds finished jobs besides the running ones,
+    never more than twice ``concurrency`` (it held at most ``concurrency`` when a slot waited for the
+    acknowledgement). A warm stop still acknowledges every finished
+    job: none is left started or put back."""
     settings = _settings(tmp_path, redis_url)
-    enqueue(settings, [f"sleep-0.3-{i}" for i in range(12)])
-    registry = StartedJobRegistry(queue=queue(redis_url))
+    ids = enqueue(settings, [f"sleep-0.05-{i}" for i in range(12)])
+    q = queue(redis_url)
+    registry = StartedJobRegistry(queue=q)
+    client = redis.Redis.from_url(redis_url)
+    connection = redis.Redis.from_url(settings.redis_url)
+    w = _SlowAcks([q], connection=connection, serializer=JSONSerializer, concurrency=2)
     counts: list[int] = []
     done = threading.Event()
 
-    def sample() -> None:
+    def sample_then_stop() -> None:
+        deadline = time.monotonic() + 20
+        while client.llen(CALLS_KEY) < 12 and time.monotonic() < deadline:
+            counts.append(registry.count)
+            time.sleep(0.01)
+        w.request_stop(15, None)  # what SIGTERM calls: the last jobs finish, their acks still pending
         while not done.is_set():
             counts.append(registry.count)
             time.sleep(0.01)
 
-    sampler = threading.Thread(target=sample, daemon=True)
+    sampler = threading.Thread(target=sample_then_stop, daemon=True)
     sampler.start()
+    started = time.monotonic()
     try:
-        worker(settings, concurrency=3).work(burst=True)
+        w.work()  # in the main thread: it installs the signal handlers
     finally:
         done.set()
         sampler.join()
-    assert max(counts) == 3, counts  # the threads were all busy at some point, never more
-    assert len(handled(redis_url)) == 12
+    assert time.monotonic() - started < 15
+    assert 2 < max(counts) <= 4, counts
+    assert sorted(FinishedJobRegistry(queue=q).get_job_ids()) == sorted(ids)
+    assert registry.get_job_ids() == []
+    assert len(q) == 0 and len(handled(redis_url)) == 12
 
 
 def test_a_dependent_job_runs_once_its_parent_is_acknowledged_in_a_batch(tmp_path, redis_url):
