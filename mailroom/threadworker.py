@@ -36,7 +36,10 @@ A SIGKILLed worker's running jobs, and those finished but not yet acknowledged, 
 StartedJobRegistry until their heartbeat expires; RQ's registry maintenance (run every minute here)
 then retries them per their policy (so a finished one may run again: at-least-once), and ids a dead
 worker had popped but not yet registered are put back from the intermediate list (see
-``_recover_popped``).
+``_recover_popped``). A start script whose reply Redis never delivered (it went away meanwhile) may
+still have registered its jobs as started: once Redis answers again this worker looks for its own
+execution ids from that call and puts those jobs back at the front of their queue at once, instead of
+leaving them to expire as abandoned (see ``_recover_lost_takes``).
 """
 
 from __future__ import annotations
@@ -53,14 +56,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, cast
 from uuid import uuid4
 
 from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError
 from rq import Queue
 from rq import scheduler as rq_scheduler
-from rq.exceptions import StopRequested
+from rq.exceptions import NoSuchJobError, StopRequested
 from rq.executions import Execution
 from rq.job import UNEVALUATED, Job, JobStatus, Retry
 from rq.scheduler import ForkProcess, RQScheduler
@@ -181,6 +184,8 @@ class ThreadWorker(BaseWorker):
         self._cold = False
         self._stop_at: float | None = None
         self._popped: dict[str, Queue] = {}  # ids taken from a queue, not yet registered as started
+        # Start-script calls a Redis error cut short: (queue, execution ids sent), looked at once it is back.
+        self._lost_takes: list[tuple[Queue, list[str]]] = []
         self._recover_at: float | None = 0.0  # when to put back what dead workers popped (0: at start)
         self._suspects: dict[str, set[str]] = {}
         self._backoff = Backoff()
@@ -312,6 +317,7 @@ class ThreadWorker(BaseWorker):
     def _turn(self, burst: bool) -> bool:
         """One round of the main loop; False when a burst worker has nothing left to do."""
         self._put_back_popped()
+        self._recover_lost_takes()
         if self.should_run_maintenance_tasks:
             self.run_maintenance_tasks()  # type: ignore[no-untyped-call]
         self._recover_popped()
@@ -449,14 +455,19 @@ class ThreadWorker(BaseWorker):
         """Take ``want`` jobs from ``queue`` (or ``job_ids`` from its intermediate list) and register
         them as started; the Job and Execution objects RQ would hold for them."""
         moment = now()
-        started = self._scripts.start(
-            queue.key if job_ids is None else queue.intermediate_queue_key,
-            queue.started_job_registry.key,
-            self._keys,
-            moment,
-            [uuid4().hex for _ in range(want)],
-            job_ids,
-        )
+        execution_ids = [uuid4().hex for _ in range(want)]
+        try:
+            started = self._scripts.start(
+                queue.key if job_ids is None else queue.intermediate_queue_key,
+                queue.started_job_registry.key,
+                self._keys,
+                moment,
+                execution_ids,
+                job_ids,
+            )
+        except RedisError:
+            self._lost_takes.append((queue, execution_ids))  # it may have run: see _recover_lost_takes
+            raise
         self.last_heartbeat = moment
         tasks = []
         version = self.get_redis_server_version()  # type: ignore[no-untyped-call]
@@ -509,6 +520,35 @@ class ThreadWorker(BaseWorker):
                 pipe.lpush(queue.key, job_id)
             pipe.execute()
         self._popped.clear()
+
+    def _recover_lost_takes(self) -> None:
+        """Jobs a start-script call registered as started for this worker although its reply never
+        arrived (Redis went away after running it): no thread runs them, so put them back at the front
+        of their queue now. RQ would find them only once their heartbeat expired (a minute and a half
+        or more) and then count them as failed attempts."""
+        if not self._lost_takes:
+            return
+        for queue, execution_ids in self._lost_takes:
+            wanted = set(execution_ids)
+            registered = cast(list[bytes], self.connection.zrange(queue.started_job_registry.key, 0, -1))
+            members = [_text(member) for member in registered]
+            lost = [m.rpartition(":") for m in members if m.rpartition(":")[2] in wanted]
+            with self.connection.pipeline() as pipe:
+                for job_id, _, execution_id in reversed(lost):  # each to the front (the registry's order)
+                    try:
+                        job = Job.fetch(job_id, connection=self.connection, serializer=self.serializer)
+                    except NoSuchJobError:  # deleted meanwhile: only its registry entry is left
+                        pipe.zrem(queue.started_job_registry.key, f"{job_id}:{execution_id}")
+                        continue
+                    execution = Execution(execution_id, job_id, self.connection, worker_name=self.name)
+                    self.cleanup_execution(job, pipeline=pipe, execution=execution)
+                    job.set_status(JobStatus.QUEUED, pipeline=pipe)
+                    pipe.lrem(queue.key, 0, job_id)  # once only, should the blocking path have put it back
+                    queue.push_job_id(job_id, pipeline=pipe, at_front=True)
+                pipe.execute()
+            for job_id, _, _ in lost:
+                log.warning("Worker %s: job %s was started but its reply lost: put back", self.name, job_id)
+        self._lost_takes.clear()
 
     def _recover_popped(self) -> None:
         """Ids in an intermediate list that no worker registered within RECOVER_AFTER seconds (their

@@ -218,6 +218,42 @@ def test_a_slot_frees_when_its_job_returns_and_finished_jobs_are_acknowledged_on
     assert len(q) == 0 and len(handled(redis_url)) == 12
 
 
+def test_jobs_whose_start_reply_was_lost_go_back_to_their_queue_when_redis_answers(tmp_path, redis_url):
+    """Redis ran the start script but its reply never arrived (Redis went away meanwhile): the jobs it
+    registered as started for this worker, which no thread runs, go back to the front of their queue
+    once Redis answers, instead of waiting a minute and a half to be found abandoned (and counted as a
+    failed attempt); then each runs once."""
+    settings = _settings(tmp_path, redis_url)
+    ids = enqueue(settings, ["a", "b", "c"])
+    w = worker(settings, concurrency=2)
+    real = w._scripts.start
+
+    def start_then_lose_the_reply(*args: Any, **kwargs: Any) -> Any:
+        real(*args, **kwargs)  # Redis does it ...
+        w._scripts.start = real  # type: ignore[method-assign]
+        raise redis.ConnectionError("Connection closed by server.")  # ... and the reply is lost
+
+    w._scripts.start = start_then_lose_the_reply  # type: ignore[method-assign]
+    with pytest.raises(redis.ConnectionError):
+        w._dequeue(2, block=None)
+    q = queue(redis_url)
+    started = StartedJobRegistry(queue=q)
+    assert sorted(started.get_job_ids()) == sorted(ids[:2])
+    assert q.get_job_ids() == ids[2:]
+
+    w._recover_lost_takes()
+    assert started.get_job_ids() == []
+    assert q.get_job_ids() == ids  # back at the front, once each
+    for job in Job.fetch_many(ids[:2], q.connection, serializer=JSONSerializer):
+        assert job is not None and job.get_status() == JobStatus.QUEUED
+        assert job.get_executions() == []
+
+    worker(settings, concurrency=2).work(burst=True)  # (that worker's name is registered: a new one)
+    assert sorted(FinishedJobRegistry(queue=q).get_job_ids()) == sorted(ids)
+    calls = [item.decode().split("|")[0] for item in q.connection.lrange(CALLS_KEY, 0, -1)]
+    assert sorted(calls) == ["m1@test", "m2@test", "m3@test"]  # each message once
+
+
 def test_a_dependent_job_runs_once_its_parent_is_acknowledged_in_a_batch(tmp_path, redis_url):
     """The batched acknowledgement reads a job's dependents in its own transaction and hands them to
     RQ's enqueue_dependents: the dependent runs, both end finished, none is left deferred."""
