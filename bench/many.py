@@ -108,16 +108,25 @@ def _enqueued_at(log: Path) -> dict[str, float]:
     return found
 
 
-class _Appender:
-    """One APPEND every ``interval`` s to a random mailbox, on connections opened as needed and kept."""
+class Appender:
+    """One APPEND every ``interval`` s to a random mailbox, on connections opened as needed and kept; each
+    message's reply key is ``key_prefix`` and its number."""
 
-    def __init__(self, targets: list[Target], interval: float, seconds: float) -> None:
+    def __init__(
+        self,
+        targets: list[Target],
+        interval: float,
+        seconds: float,
+        key_prefix: str = KEY_PREFIX,
+        seed: int = 12,
+    ) -> None:
         self.targets = targets
+        self.key_prefix = key_prefix
         self.interval = interval
         self.count = int(seconds / interval)
         self.sent: dict[str, float] = {}  # reply key -> wall-clock time APPEND returned
         self._clients: dict[str, IMAPClient] = {}
-        self._rng = random.Random(12)  # which mailbox: not a secret
+        self._rng = random.Random(seed)  # which mailbox: not a secret
         self.thread = threading.Thread(target=self._run, name="appender", daemon=True)
 
     def _client(self, target: Target) -> IMAPClient:
@@ -135,7 +144,7 @@ class _Appender:
             if pause > 0:
                 time.sleep(pause)
             target = self._rng.choice(self.targets)
-            key = f"{KEY_PREFIX}{i}"
+            key = f"{self.key_prefix}{i}"
             raw = messages.message(i, key)
             self._client(target).append("INBOX", raw)
             self.sent[key] = time.time()
@@ -179,7 +188,7 @@ def many(
         idle_cpu, idle_wall = cpu_seconds(pid) - cpu0, time.monotonic() - t0
         idle_facts = process_facts(pid)
 
-        appender = _Appender(targets, interval, load_seconds)
+        appender = Appender(targets, interval, load_seconds)
         cpu0, t0 = cpu_seconds(pid), time.monotonic()
         appender.thread.start()
         appender.thread.join()

@@ -25,24 +25,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import tracemalloc
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from imapclient import IMAPClient
-
-from bench import messages, tracehook
-from bench.drain import REPO, Target, mailroom_argv
-from bench.many import many_config
+from bench import tracehook
+from bench.drain import REPO, mailroom_argv
+from bench.many import Appender, many_config
 from bench.scenarios import Stack
 from devstack import Dovecot, RedisServer
 
@@ -71,41 +67,6 @@ def slope_mb_per_hour(samples: list[tuple[float, int]]) -> float:
         return 0.0
     cov = sum((t - mean_t) * (b - mean_b) for t, b in samples)
     return cov / var * 3600 / MB
-
-
-class _Appender:
-    """``rate`` APPENDs a second to random mailboxes, one kept connection per mailbox."""
-
-    def __init__(self, targets: list[Target], rate: float, seconds: float) -> None:
-        self.targets = targets
-        self.interval = 1.0 / rate
-        self.count = int(seconds * rate)
-        self.sent = 0
-        self._clients: dict[str, IMAPClient] = {}
-        self._rng = random.Random(7)  # which mailbox: not a secret
-        self.thread = threading.Thread(target=self._run, name="appender", daemon=True)
-
-    def _run(self) -> None:
-        begin = time.monotonic()
-        for i in range(self.count):
-            pause = begin + i * self.interval - time.monotonic()
-            if pause > 0:
-                time.sleep(pause)
-            target = self._rng.choice(self.targets)
-            client = self._clients.get(target.user)
-            if client is None:
-                client = IMAPClient(target.host, port=target.port, ssl=False, timeout=30)
-                client.login(target.user, target.password)
-                self._clients[target.user] = client
-            client.append("INBOX", messages.message(i, f"{KEY_PREFIX}{i}"))
-            self.sent = i + 1
-
-    def close(self) -> None:
-        for client in self._clients.values():
-            try:
-                client.logout()
-            except Exception:  # a bench helper: the server may be gone already
-                client.shutdown()
 
 
 def _handled(log: Path) -> Counter[str]:
@@ -266,7 +227,7 @@ def soak(
     seconds = minutes * 60
     warmup = min(300.0, seconds / 3)
     samples: dict[str, list[tuple[float, int]]] = {"watch": [], "worker": []}
-    appender = _Appender(targets, rate, seconds)
+    appender = Appender(targets, 1.0 / rate, seconds, KEY_PREFIX, seed=7)
     snapdirs = {name: stack.workdir / f"tracemalloc-{name}" for name in logs}
     snap_at = [warmup, (warmup + seconds) / 2] if trace else []
     snap_times: list[float] = []
@@ -301,7 +262,8 @@ def soak(
             if now >= next_report:
                 next_report += 60
                 rss_now = ", ".join(f"{n} {s[-1][1] / MB:.1f} MB" for n, s in samples.items())
-                say(f"soak: {(now - began) / 60:.0f}/{minutes:g} min, {appender.sent} sent; RSS {rss_now}")
+                sent = len(appender.sent)
+                say(f"soak: {(now - began) / 60:.0f}/{minutes:g} min, {sent} sent; RSS {rss_now}")
             appender.thread.join(sample)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and sum(_handled(logs["worker"]).values()) < appender.count:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import redis
+import trustme
 
 from devstack import Dovecot, ImapAccount, RedisServer, TLSFiles
 
@@ -89,3 +90,16 @@ def make_dovecot(tmp_path: Path) -> Iterator[Callable[..., Dovecot]]:
     yield factory
     for server in servers:
         server.kill()
+
+
+@pytest.fixture
+def tls_dovecot(make_dovecot: Callable[..., Dovecot], tmp_path: Path) -> tuple[Dovecot, Path]:
+    """A Dovecot serving IMAPS with a certificate for 127.0.0.1 from a throw-away CA."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert_path, key_path, ca_path = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_path))
+    cert.private_key_pem.write_to_path(str(key_path))
+    ca.cert_pem.write_to_path(str(ca_path))
+    dovecot = make_dovecot(tls=TLSFiles(cert_path, key_path))
+    return dovecot, ca_path

@@ -10,9 +10,8 @@ import time
 from types import SimpleNamespace
 
 import pytest
-import trustme
 
-from devstack import TLSFiles, append_messages, make_message
+from devstack import append_messages, make_message
 from mailroom.config import ImapMailbox
 from mailroom.imap import idling
 from mailroom.imap.session import ImapSession
@@ -139,16 +138,10 @@ def test_mail_arriving_just_before_a_renewal_is_noticed_at_once(session, imap_ac
     assert session.pending_uids() == [1]  # and the session, its IDLE ended, answers a SEARCH
 
 
-def test_idle_renewals_and_news_over_tls(make_dovecot, tmp_path):
+def test_idle_renewals_and_news_over_tls(tls_dovecot):
     """The same IDLE over IMAPS: the socket is an SSLSocket, read and written non-blocking while the IDLE
     runs (bytes the TLS layer already decrypted count as readable)."""
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert_path, key_path, ca_path = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
-    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_path))
-    cert.private_key_pem.write_to_path(str(key_path))
-    ca.cert_pem.write_to_path(str(ca_path))
-    dovecot = make_dovecot(tls=TLSFiles(cert_path, key_path))
+    dovecot, ca_path = tls_dovecot
     account = dovecot.add_user("tls", "secret")
     config = mailbox_config(account, security="tls", port=dovecot.imaps_port, ca_file=str(ca_path))
     opened = ImapSession.open(ImapMailbox.model_validate(config))

@@ -12,11 +12,10 @@ from typing import ClassVar
 
 import pytest
 import redis
-import trustme
 from rq import Queue
 from rq.registry import FailedJobRegistry
 
-from devstack import TLSFiles, append_messages, count, make_message
+from devstack import append_messages, count, make_message
 from tests.chaos.harness import ROOT, MailroomProcess, imap, wait_for_event
 from tests.support import mailbox_config, queue, use_config, wait_for, watching, write_config
 
@@ -27,19 +26,6 @@ pytestmark = pytest.mark.integration
 def _reap_processes():
     yield
     MailroomProcess.reap()
-
-
-@pytest.fixture
-def tls_dovecot(make_dovecot, tmp_path):
-    """A Dovecot serving IMAPS with a certificate for 127.0.0.1 from a throw-away CA."""
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert_path, key_path, ca_path = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
-    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_path))
-    cert.private_key_pem.write_to_path(str(key_path))
-    ca.cert_pem.write_to_path(str(ca_path))
-    dovecot = make_dovecot(tls=TLSFiles(cert_path, key_path))
-    return dovecot, ca_path
 
 
 def _tls_mailbox(dovecot, account, **overrides):
